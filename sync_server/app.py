@@ -1,0 +1,95 @@
+"""The composition root: builds the concrete store, the REST API and (later) the gateways.
+
+``create_app()`` is what uvicorn imports in every worker process (``factory=True``); settings come
+from ``SYNC_*`` environment variables (see config.py and cli.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from sync_server import errors
+from sync_server.config import Settings
+from sync_server.rest.api import RestApi, RestConfig
+from sync_server.rest.auth import BasicAuth
+from sync_server.rest.responses import error_response, json_response
+from sync_server.store.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+REDIS_POOL_SIZE = 64
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    redis = Redis.from_url(
+        settings.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        socket_connect_timeout=2,
+        socket_keepalive=True,
+        retry_on_timeout=False,
+    )
+    store = RedisStore(redis, settings.account_sid)
+    auth = BasicAuth(
+        [(settings.account_sid, settings.auth_token), (settings.api_key_sid, settings.api_key_secret)]
+    )
+    rest = RestApi(
+        store,
+        auth,
+        RestConfig(settings.account_sid, settings.public_url, settings.limits.max_body_bytes),
+    )
+
+    async def healthz(request: Request) -> Response:
+        if await store.ping():
+            return json_response({"status": "ok"})
+        return json_response({"status": "unavailable", "detail": "Redis is unreachable"}, 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_forever(store, settings.expiry_interval))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await store.close()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        if status == 405:
+            return error_response(errors.SyncError("Method not allowed", code=20004, status=405))
+        return error_response(errors.NotFoundError(f"The requested resource {request.url.path} was not found"))
+
+    app = Starlette(
+        routes=[Route("/healthz", healthz), Mount("/v1", app=rest)],
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_found},
+    )
+    app.state.store = store
+    app.state.settings = settings
+    return app
+
+
+async def _sweep_forever(store: RedisStore, interval: float) -> None:
+    """Removes expired documents and publishes their ``removed`` events, every ``interval`` seconds.
+
+    Redis evicts expired keys lazily and keyspace notifications fire only on eviction, so timing
+    must not depend on them: this loop bounds the delay of a ``removed`` event by ``interval``.
+    """
+    while True:
+        try:
+            await store.sweep_expired()
+        except Exception:
+            log.exception("expiry sweep failed")
+        await asyncio.sleep(interval)

@@ -1,0 +1,73 @@
+"""Server settings, read from ``SYNC_*`` environment variables.
+
+The CLI turns its flags into these variables before it starts uvicorn, so every worker process (uvicorn
+re-imports the app in each one) builds the same :class:`Settings` from its environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = ".sync-data"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Configurable limits. Defaults are what a single small server should accept."""
+
+    max_body_bytes: int = 128 * 1024
+    """REST request bodies above this are refused (413) before they are read whole."""
+    max_frame_bytes: int = 64 * 1024
+    """Largest websocket message a client may send."""
+    max_subscriptions: int = 1000
+    """Documents one websocket connection may subscribe to."""
+    max_commands_per_second: int = 200
+    """Sustained websocket commands per second per connection (a burst of the same size is allowed)."""
+    max_buffered_bytes: int = 1024 * 1024
+    """Outgoing bytes a websocket connection may have waiting before it is closed as too slow."""
+    ping_interval: float = 20.0
+    """Seconds between server pings; a connection that does not answer within the same time is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str
+    data_dir: Path
+    account_sid: str
+    auth_token: str
+    api_key_sid: str
+    api_key_secret: str
+    public_url: str | None = None
+    expiry_interval: float = 0.2
+    """Seconds between sweeps for expired documents (the bound on how late a ``removed`` event may be)."""
+    limits: Limits = Limits()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``SYNC_*`` variables. Credentials must already be resolved (see cli.py)."""
+        env = os.environ if env is None else env
+        limits = Limits(
+            max_body_bytes=int(env.get("SYNC_MAX_BODY_BYTES", Limits.max_body_bytes)),
+            max_frame_bytes=int(env.get("SYNC_MAX_FRAME_BYTES", Limits.max_frame_bytes)),
+            max_subscriptions=int(env.get("SYNC_MAX_SUBSCRIPTIONS", Limits.max_subscriptions)),
+            max_commands_per_second=int(
+                env.get("SYNC_MAX_COMMANDS_PER_SECOND", Limits.max_commands_per_second)
+            ),
+            max_buffered_bytes=int(env.get("SYNC_MAX_BUFFERED_BYTES", Limits.max_buffered_bytes)),
+            ping_interval=float(env.get("SYNC_PING_INTERVAL", Limits.ping_interval)),
+        )
+        public_url = env.get("SYNC_PUBLIC_URL") or None
+        return cls(
+            redis_url=env.get("SYNC_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            data_dir=Path(env.get("SYNC_DATA_DIR", DEFAULT_DATA_DIR)),
+            account_sid=env["SYNC_ACCOUNT_SID"],
+            auth_token=env["SYNC_AUTH_TOKEN"],
+            api_key_sid=env.get("SYNC_API_KEY_SID", ""),
+            api_key_secret=env.get("SYNC_API_KEY_SECRET", ""),
+            public_url=public_url.rstrip("/") if public_url else None,
+            expiry_interval=float(env.get("SYNC_EXPIRY_INTERVAL", "0.2")),
+            limits=limits,
+        )

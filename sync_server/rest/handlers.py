@@ -1,0 +1,239 @@
+"""The REST endpoints: parse and validate input, call the store once, render Twilio's JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sync_server import errors
+from sync_server.rest.paging import page_meta, parse_page_request
+from sync_server.rest.render import (
+    document_json,
+    document_url,
+    permission_json,
+    service_json,
+    service_url,
+)
+from sync_server.rest.requests import read_form
+from sync_server.rest.responses import json_response
+from sync_server.store.redis_store import RedisStore
+from sync_server.validation import (
+    check_identity,
+    check_unique_name,
+    normalize_revision,
+    parse_data,
+    parse_ttl,
+)
+
+REST_IDENTITY = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    request: Request
+    store: RedisStore
+    params: list[str]
+    """The path parameters in order: service, document, identity (as far as the route has them)."""
+    query: dict[str, str]
+    base: str
+    account_sid: str
+    max_body_bytes: int
+
+    @property
+    def service_sid(self) -> str:
+        return self.store.resolve_service_sid(self.params[0])
+
+    async def form(self) -> dict[str, str]:
+        return await read_form(self.request, self.max_body_bytes)
+
+
+# -- services -------------------------------------------------------------------------------------
+
+_BOOLEAN_FIELDS = {
+    "AclEnabled": "acl_enabled",
+    "ReachabilityWebhooksEnabled": "reachability_webhooks_enabled",
+    "ReachabilityDebouncingEnabled": "reachability_debouncing_enabled",
+    "WebhooksFromRestEnabled": "webhooks_from_rest_enabled",
+}
+
+
+def _service_settings(form: dict[str, str]) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    if "FriendlyName" in form:
+        name = form["FriendlyName"]
+        if len(name) > 256:
+            raise errors.ValidationError("Invalid FriendlyName: at most 256 characters")
+        settings["friendly_name"] = name
+    if "WebhookUrl" in form:
+        url = form["WebhookUrl"]
+        parts = urlsplit(url)
+        if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise errors.ValidationError("Invalid WebhookUrl: it must be an absolute http or https URL")
+        settings["webhook_url"] = url
+    for field, stored in _BOOLEAN_FIELDS.items():
+        if field in form:
+            settings[stored] = "1" if _boolean(field, form[field]) else "0"
+    if "ReachabilityDebouncingWindow" in form:
+        text = form["ReachabilityDebouncingWindow"]
+        if not text.isdigit() or not 1000 <= int(text) <= 30000:
+            raise errors.ValidationError(
+                "Invalid ReachabilityDebouncingWindow: it must be 1000 to 30000 milliseconds"
+            )
+        settings["reachability_debouncing_window"] = str(int(text))
+    return settings
+
+
+def _boolean(field: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise errors.ValidationError(f"Invalid {field}: it must be true or false")
+    return lowered == "true"
+
+
+async def create_service(ctx: Context) -> Response:
+    service = await ctx.store.create_service(_service_settings(await ctx.form()))
+    return json_response(service_json(service, ctx.base, ctx.account_sid), 201)
+
+
+async def fetch_service(ctx: Context) -> Response:
+    service = await ctx.store.fetch_service(ctx.service_sid)
+    return json_response(service_json(service, ctx.base, ctx.account_sid))
+
+
+async def update_service(ctx: Context) -> Response:
+    service = await ctx.store.update_service(ctx.service_sid, _service_settings(await ctx.form()))
+    return json_response(service_json(service, ctx.base, ctx.account_sid))
+
+
+async def delete_service(ctx: Context) -> Response:
+    await ctx.store.delete_service(ctx.service_sid)
+    return Response(status_code=204)
+
+
+async def list_services(ctx: Context) -> Response:
+    page_request = parse_page_request(ctx.query)
+    page = await ctx.store.list_services(
+        after=page_request.after, before=page_request.before, size=page_request.size
+    )
+    return json_response(
+        {
+            "services": [service_json(s, ctx.base, ctx.account_sid) for s in page.items],
+            "meta": page_meta(f"{ctx.base}/v1/Services", "services", page_request, page),
+        }
+    )
+
+
+# -- documents ------------------------------------------------------------------------------------
+
+
+async def create_document(ctx: Context) -> Response:
+    form = await ctx.form()
+    unique_name = form.get("UniqueName")
+    if unique_name is not None:
+        check_unique_name(unique_name)
+    data = parse_data(form["Data"]) if "Data" in form else b"{}"
+    ttl = parse_ttl(form["Ttl"]) if "Ttl" in form else 0
+    doc = await ctx.store.create_document(ctx.service_sid, unique_name, data, ttl, REST_IDENTITY)
+    return json_response(
+        document_json(doc, ctx.base, ctx.account_sid), 201, {"ETag": doc.revision_text}
+    )
+
+
+async def fetch_document(ctx: Context) -> Response:
+    doc = await ctx.store.fetch_document(ctx.service_sid, ctx.params[1])
+    return json_response(document_json(doc, ctx.base, ctx.account_sid), 200, {"ETag": doc.revision_text})
+
+
+async def update_document(ctx: Context) -> Response:
+    # Validate everything before the store is asked to write anything: no half-applied writes.
+    if_match_header = ctx.request.headers.get("if-match")
+    if_match = normalize_revision(if_match_header) if if_match_header is not None else None
+    form = await ctx.form()
+    data = parse_data(form["Data"]) if "Data" in form else None
+    ttl = parse_ttl(form["Ttl"]) if "Ttl" in form else None
+    if data is None and ttl is None:
+        raise errors.ValidationError("Either Data or Ttl must be provided")
+    doc = await ctx.store.write_document(
+        ctx.service_sid, ctx.params[1], data=data, ttl=ttl, if_match=if_match
+    )
+    return json_response(document_json(doc, ctx.base, ctx.account_sid), 200, {"ETag": doc.revision_text})
+
+
+async def delete_document(ctx: Context) -> Response:
+    await ctx.store.delete_document(ctx.service_sid, ctx.params[1])
+    return Response(status_code=204)
+
+
+async def list_documents(ctx: Context) -> Response:
+    page_request = parse_page_request(ctx.query)
+    service_sid = ctx.service_sid
+    page = await ctx.store.list_documents(
+        service_sid, after=page_request.after, before=page_request.before, size=page_request.size
+    )
+    url = f"{service_url(ctx.base, service_sid)}/Documents"
+    return json_response(
+        {
+            "documents": [document_json(d, ctx.base, ctx.account_sid) for d in page.items],
+            "meta": page_meta(url, "documents", page_request, page),
+        }
+    )
+
+
+# -- permissions ----------------------------------------------------------------------------------
+
+
+async def fetch_permission(ctx: Context) -> Response:
+    identity = check_identity(ctx.params[2])
+    permission = await ctx.store.fetch_permission(ctx.service_sid, ctx.params[1], identity)
+    return json_response(permission_json(permission, ctx.base, ctx.account_sid))
+
+
+async def update_permission(ctx: Context) -> Response:
+    identity = check_identity(ctx.params[2])
+    form = await ctx.form()
+    missing = [name for name in ("Read", "Write", "Manage") if name not in form]
+    if missing:
+        raise errors.ValidationError(f"Missing required parameter {missing[0]} in the post body")
+    flags = [_boolean(name, form[name]) for name in ("Read", "Write", "Manage")]
+    permission = await ctx.store.set_permission(ctx.service_sid, ctx.params[1], identity, *flags)
+    return json_response(permission_json(permission, ctx.base, ctx.account_sid))
+
+
+async def delete_permission(ctx: Context) -> Response:
+    identity = check_identity(ctx.params[2])
+    await ctx.store.delete_permission(ctx.service_sid, ctx.params[1], identity)
+    return Response(status_code=204)
+
+
+async def list_permissions(ctx: Context) -> Response:
+    """Permissions are few per document: the page is cut from the sorted whole by identity."""
+    page_request = parse_page_request(ctx.query)
+    service_sid = ctx.service_sid
+    document_sid, found = await ctx.store.list_permissions(service_sid, ctx.params[1])
+    start = page_request.page * page_request.size
+    items = found[start : start + page_request.size]
+    more = len(found) > start + page_request.size
+    doc_url = document_url(ctx.base, service_sid, document_sid)
+    meta = {
+        "first_page_url": f"{doc_url}/Permissions?PageSize={page_request.size}&Page=0",
+        "key": "permissions",
+        "next_page_url": (
+            f"{doc_url}/Permissions?PageSize={page_request.size}&Page={page_request.page + 1}"
+            if more
+            else None
+        ),
+        "page": page_request.page,
+        "page_size": page_request.size,
+        "previous_page_url": (
+            f"{doc_url}/Permissions?PageSize={page_request.size}&Page={page_request.page - 1}"
+            if page_request.page > 0
+            else None
+        ),
+        "url": f"{doc_url}/Permissions?PageSize={page_request.size}&Page={page_request.page}",
+    }
+    return json_response(
+        {"permissions": [permission_json(p, ctx.base, ctx.account_sid) for p in items], "meta": meta}
+    )

@@ -1,0 +1,51 @@
+"""Reading a request: the bounded body, the form, the query string and this server's base URL."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+
+from sync_server import errors
+
+
+async def read_form(request: Request, limit: int) -> dict[str, str]:
+    """The ``application/x-www-form-urlencoded`` body as a dict (last value wins).
+
+    A body over ``limit`` bytes is refused with 413 before it is read whole: at once when it
+    declares its length, after ``limit`` bytes when it is chunked.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        return {}
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise errors.ValidationError("The request body is not valid UTF-8") from None
+    return {key: values[-1] for key, values in parse_qs(text, keep_blank_values=True).items()}
+
+
+def _too_large(limit: int) -> errors.DataTooLarge:
+    return errors.DataTooLarge(f"The request body is over the limit of {limit} bytes")
+
+
+def base_url(request: Request, public_url: str | None) -> str:
+    """The base of ``url`` fields: the configured public URL, else scheme and Host of the request."""
+    if public_url:
+        return public_url
+    scope = request.scope
+    host = request.headers.get("host")
+    if not host:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"

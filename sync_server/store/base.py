@@ -1,0 +1,105 @@
+"""The store's contract: what the REST layer and the gateways may rely on.
+
+Only the concrete store (``redis_store.py``) imports ``redis``. Every method is one Redis round trip
+unless its docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from sync_server.store.models import Document, Page, Permission, Service
+
+WriteMode = Literal["set", "merge"]
+
+
+class DocumentStore(Protocol):
+    """Documents of one account, addressed by service SID and by document SID or unique name.
+
+    Atomicity: every write is one Lua script: the revision check, the revision bump (exactly +1),
+    the data and TTL change, the index updates and the PUBLISH of the event happen together or
+    not at all. Events on a document's channel are therefore in revision order, and none is sent
+    for a write that failed.
+
+    Expiry: a document whose TTL has passed is gone for every method at once (Redis hides the key),
+    and its unique name is free. Index entries and the ``removed`` event follow within one sweep
+    interval (:meth:`sweep_expired`).
+
+    Errors: ``ServiceNotFound`` (54050), ``DocumentNotFound``, ``UniqueNameConflict`` (54301),
+    ``RevisionMismatch`` (54103), ``DataTooLarge`` (54006, merges only: other data is checked by the
+    caller), ``UnavailableError`` when Redis cannot be reached.
+    """
+
+    async def create_document(
+        self, service_sid: str, unique_name: str | None, data: bytes, ttl: int, created_by: str
+    ) -> Document: ...
+
+    async def fetch_document(self, service_sid: str, ident: str) -> Document: ...
+
+    async def write_document(
+        self,
+        service_sid: str,
+        ident: str,
+        *,
+        data: bytes | None,
+        mode: WriteMode = "set",
+        ttl: int | None = None,
+        if_match: str | None = None,
+    ) -> Document:
+        """Overwrites or merges ``data`` (None keeps it) and/or sets the TTL (None keeps it, 0 clears it)."""
+        ...
+
+    async def delete_document(self, service_sid: str, ident: str) -> Document:
+        """Deletes and returns the document as it was; publishes ``removed``."""
+        ...
+
+    async def list_documents(
+        self, service_sid: str, *, after: int | None, before: int | None, size: int
+    ) -> Page[Document]:
+        """One page in creation order after (or before) a cursor; O(size) Redis work."""
+        ...
+
+    async def sweep_expired(self, limit: int = 500) -> int:
+        """Removes due documents of every service and publishes their ``removed`` events.
+
+        Safe to run from any number of processes at once: each expiry is published exactly once.
+        One round trip per service.
+        """
+        ...
+
+
+class ServiceStore(Protocol):
+    """Services of the account. ``default`` is an alias for the account's default service, which is
+    created on first use and keeps the same SID across restarts."""
+
+    def resolve_service_sid(self, ident: str) -> str:
+        """Maps ``default`` to the default service's SID; any other value is returned as it is."""
+        ...
+
+    async def create_service(self, settings: dict[str, str]) -> Service: ...
+
+    async def fetch_service(self, service_sid: str) -> Service: ...
+
+    async def update_service(self, service_sid: str, settings: dict[str, str]) -> Service: ...
+
+    async def delete_service(self, service_sid: str) -> None:
+        """Deletes the service and all its documents, publishing ``removed`` for each."""
+        ...
+
+    async def list_services(
+        self, *, after: int | None, before: int | None, size: int
+    ) -> Page[Service]: ...
+
+
+class PermissionStore(Protocol):
+    async def fetch_permission(self, service_sid: str, document: str, identity: str) -> Permission: ...
+
+    async def set_permission(
+        self, service_sid: str, document: str, identity: str, read: bool, write: bool, manage: bool
+    ) -> Permission: ...
+
+    async def delete_permission(self, service_sid: str, document: str, identity: str) -> None: ...
+
+    async def list_permissions(self, service_sid: str, document: str) -> tuple[str, list[Permission]]:
+        """The document's SID and all its permissions, sorted by identity."""
+        ...

@@ -1,0 +1,97 @@
+-- Writes a document: overwrite or shallow merge of its data, and/or a new TTL, with an optional
+-- revision check. The check, the bump, the write and the PUBLISH are one atomic step, so events
+-- leave in revision order and no event is ever sent for a write that did not happen.
+-- KEYS[1]  the service hash                 sync:{IS…}:svc
+-- ARGV[1]  the service's key prefix         sync:{IS…}:
+-- ARGV[2]  the document's SID or unique name
+-- ARGV[3]  '1' when ARGV[2] is a SID, '0' when it is a unique name
+-- ARGV[4]  data: a compact JSON object, or '' to keep the current data
+-- ARGV[5]  'set' to replace the data, 'merge' to merge ARGV[4]'s top-level members into it
+-- ARGV[6]  ttl: '' keeps the current expiry, '0' removes it, n > 0 expires n seconds from now
+-- ARGV[7]  expected revision (lowercase hex), '' for an unconditional write
+-- ARGV[8]  the largest data allowed, in bytes (checked here only for merges)
+-- Returns  {'ok', sid, n, d, r, c, u, x, b} | {'nosvc'} | {'nodoc'} | {'rev', current revision}
+--          | {'big', merged size}
+-- Publishes an 'updated' event with the new document on the document's channel.
+
+-- Index of the closing quote of the JSON string that opens at i.
+local function string_end(s, i)
+  local j = i + 1
+  while true do
+    j = string.find(s, '["\\]', j)
+    if string.byte(s, j) == 92 then j = j + 2 else return j end
+  end
+end
+
+-- Index of the last character of the JSON value that starts at i.
+local function value_end(s, i)
+  local c = string.byte(s, i)
+  if c == 34 then return string_end(s, i) end
+  if c ~= 123 and c ~= 91 then
+    local j = string.find(s, '[,}%]%s]', i)
+    return (j or #s + 1) - 1
+  end
+  local depth, j = 1, i
+  while depth > 0 do
+    j = string.find(s, '["{}%[%]]', j + 1)
+    local b = string.byte(s, j)
+    if b == 34 then j = string_end(s, j)
+    elseif b == 123 or b == 91 then depth = depth + 1
+    else depth = depth - 1 end
+  end
+  return j
+end
+
+-- The top-level members of a JSON object, as exact text: ordered keys and key -> value.
+-- Keys compare as text, which is sound because the caller stores and sends canonical compact JSON.
+local function split_object(s)
+  local keys, values = {}, {}
+  local i = 2
+  while true do
+    i = string.find(s, '[^%s,]', i)
+    if not i or string.byte(s, i) == 125 then return keys, values end
+    local key_end = string_end(s, i)
+    local key = string.sub(s, i, key_end)
+    local v = string.find(s, '[^%s:]', key_end + 1)
+    local v_end = value_end(s, v)
+    if values[key] == nil then keys[#keys + 1] = key end
+    values[key] = string.sub(s, v, v_end)
+    i = v_end + 1
+  end
+end
+
+local function merge_objects(base, patch)
+  local keys, values = split_object(base)
+  local patch_keys, patch_values = split_object(patch)
+  for _, k in ipairs(patch_keys) do
+    if values[k] == nil then keys[#keys + 1] = k end
+    values[k] = patch_values[k]
+  end
+  local parts = {}
+  for n, k in ipairs(keys) do parts[n] = k .. ':' .. values[k] end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+local prefix, data, mode, ttl, if_match = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'nosvc'} end
+local sid = resolve(prefix, ARGV[2], ARGV[3])
+if not sid then return {'nodoc'} end
+local key = doc_key(prefix, sid)
+local f = read_doc(prefix, sid)
+if if_match ~= '' and if_match ~= string.format('%x', f.r) then
+  return {'rev', string.format('%x', f.r)}
+end
+if data ~= '' then
+  if mode == 'merge' then
+    data = merge_objects(f.d, data)
+    if #data > tonumber(ARGV[8]) then return {'big', #data} end
+  end
+  f.d = data
+end
+local now = now_seconds()
+f.r = f.r + 1
+f.u = now
+redis.call('HSET', key, 'd', f.d, 'r', f.r, 'u', now)
+apply_ttl(prefix, sid, f.n, ttl, now, f)
+publish_updated(prefix, sid, f)
+return doc_reply('ok', sid, f)

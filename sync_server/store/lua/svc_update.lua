@@ -1,0 +1,7 @@
+-- Updates a service's settings.
+-- KEYS[1]  the service hash                 sync:{IS…}:svc
+-- ARGV[…]  field, value pairs to set (none is allowed: the update then only touches date_updated)
+-- Returns  {'ok', field, value, …} (the stored hash) | {'nosvc'}
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'nosvc'} end
+redis.call('HSET', KEYS[1], 'u', now_seconds(), unpack(ARGV))
+return {'ok', unpack(redis.call('HGETALL', KEYS[1]))}

@@ -1,0 +1,359 @@
+"""The Redis implementation of the store contracts in ``base.py``.
+
+Every document operation is one EVALSHA of a script in ``lua/``; the scripts reply with a status
+word first (``ok``, ``nosvc``, ``nodoc``, ``dup``, ``rev``, ``big``, ``noperm``) so that expected
+failures cost no Redis error round trip and are mapped to the error hierarchy here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sync_server import errors
+from sync_server.ids import DOCUMENT_PREFIX, SERVICE_PREFIX, is_sid, new_sid
+from sync_server.store import keys
+from sync_server.store.base import WriteMode
+from sync_server.store.models import Document, Page, Permission, Service
+from sync_server.store.scripts import ScriptRunner
+from sync_server.validation import MAX_DATA_BYTES, check_data_size
+
+T = TypeVar("T")
+
+DEFAULT_ALIAS = "default"
+SERVICE_DEFAULTS: dict[str, str] = {
+    "friendly_name": "",
+    "unique_name": "",
+    "webhook_url": "",
+    "webhooks_from_rest_enabled": "0",
+    "reachability_webhooks_enabled": "0",
+    "reachability_debouncing_enabled": "0",
+    "reachability_debouncing_window": "5000",
+    "acl_enabled": "0",
+}
+
+
+def default_service_sid(account_sid: str) -> str:
+    """The default service's SID, derived from the account so it is the same in every process and
+    across restarts without any coordination."""
+    digest = hashlib.sha256(f"default-service:{account_sid}".encode()).hexdigest()
+    return SERVICE_PREFIX + digest[:32]
+
+
+class RedisStore:
+    """Documents, services and permissions on one Redis (see ``keys.py`` for the layout)."""
+
+    def __init__(self, redis: Redis, account_sid: str) -> None:
+        self.redis = redis
+        self.account_sid = account_sid
+        self.default_service_sid = default_service_sid(account_sid)
+        self._scripts = ScriptRunner(redis)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return False
+
+    # -- running scripts ---------------------------------------------------------------------------
+
+    async def _run(self, name: str, keys_: list[str], args: list[str | int | bytes]) -> Any:
+        try:
+            return await self._scripts.run(name, keys_, args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.UnavailableError("The data store is unavailable, try again") from exc
+
+    async def _run_in_service(self, service_sid: str, name: str, args: list[str | int | bytes]) -> Any:
+        """Runs a script of one service, creating the default service on its first use.
+
+        The hot path pays nothing for the alias: only a ``nosvc`` reply for the default service's SID
+        (first use ever, or after someone deleted it) costs the extra creation round trip.
+        """
+        script_keys = [keys.service_key(service_sid)]
+        script_args: list[str | int | bytes] = [keys.service_prefix(service_sid), *args]
+        reply = await self._run(name, script_keys, script_args)
+        if reply[0] == b"nosvc" and service_sid == self.default_service_sid:
+            await self.ensure_default_service()
+            reply = await self._run(name, script_keys, script_args)
+        if reply[0] == b"nosvc":
+            raise errors.ServiceNotFound(f"Service {service_sid} not found")
+        return reply
+
+    # -- documents ---------------------------------------------------------------------------------
+
+    async def create_document(
+        self, service_sid: str, unique_name: str | None, data: bytes, ttl: int, created_by: str
+    ) -> Document:
+        sid = new_sid(DOCUMENT_PREFIX)
+        reply = await self._run_in_service(
+            service_sid, "doc_create", [sid, unique_name or "", data, ttl, created_by]
+        )
+        if reply[0] == b"dup":
+            raise errors.UniqueNameConflict(f"Unique name already exists: {unique_name}")
+        return Document.from_reply(service_sid, reply[1:])
+
+    async def fetch_document(self, service_sid: str, ident: str) -> Document:
+        reply = await self._run_in_service(service_sid, "doc_fetch", [ident, _by_sid(ident)])
+        return self._document(service_sid, ident, reply)
+
+    async def write_document(
+        self,
+        service_sid: str,
+        ident: str,
+        *,
+        data: bytes | None,
+        mode: WriteMode = "set",
+        ttl: int | None = None,
+        if_match: str | None = None,
+    ) -> Document:
+        args: list[str | int | bytes] = [
+            ident,
+            _by_sid(ident),
+            b"" if data is None else data,
+            mode,
+            "" if ttl is None else ttl,
+            if_match or "",
+            MAX_DATA_BYTES,
+        ]
+        reply = await self._run_in_service(service_sid, "doc_write", args)
+        status = reply[0]
+        if status == b"rev":
+            raise errors.RevisionMismatch(
+                f"The revision of the Document does not match the expected revision "
+                f"(expected {if_match}, current {reply[1].decode()})"
+            )
+        if status == b"big":
+            check_data_size(int(reply[1]))
+        return self._document(service_sid, ident, reply)
+
+    async def delete_document(self, service_sid: str, ident: str) -> Document:
+        reply = await self._run_in_service(service_sid, "doc_delete", [ident, _by_sid(ident)])
+        return self._document(service_sid, ident, reply)
+
+    async def list_documents(
+        self, service_sid: str, *, after: int | None, before: int | None, size: int
+    ) -> Page[Document]:
+        direction, cursor = ("before", before) if before is not None else ("after", after)
+        reply = await self._run_in_service(
+            service_sid, "doc_list", [direction, "" if cursor is None else cursor, size]
+        )
+        rows = reply[2:]
+        items: list[Document] = []
+        cursors: list[int] = []
+        for i in range(0, len(rows), 9):
+            items.append(Document.from_reply(service_sid, rows[i : i + 8]))
+            cursors.append(int(rows[i + 8]))
+        if direction == "before":
+            items.reverse()
+            cursors.reverse()
+        return _page(items, cursors, more=reply[1] == 1)
+
+    @staticmethod
+    def _document(service_sid: str, ident: str, reply: Sequence[Any]) -> Document:
+        if reply[0] == b"nodoc":
+            raise errors.DocumentNotFound(f"Document {ident} not found")
+        return Document.from_reply(service_sid, reply[1:])
+
+    async def sweep_expired(self, limit: int = 500) -> int:
+        try:
+            services = await self.redis.zrange(keys.SERVICE_INDEX, 0, -1)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return 0
+        counts = await asyncio.gather(
+            *(self._run_in_sweep(sid.decode(), limit) for sid in services), return_exceptions=True
+        )
+        return sum(c for c in counts if isinstance(c, int))
+
+    async def _run_in_sweep(self, service_sid: str, limit: int) -> int:
+        count: int = await self._run(
+            "expire_sweep", [keys.service_key(service_sid)], [keys.service_prefix(service_sid), limit]
+        )
+        return count
+
+    # -- services ----------------------------------------------------------------------------------
+
+    def resolve_service_sid(self, ident: str) -> str:
+        return self.default_service_sid if ident == DEFAULT_ALIAS else ident
+
+    async def ensure_default_service(self) -> Service:
+        settings = dict(SERVICE_DEFAULTS, friendly_name="Default Service", unique_name=DEFAULT_ALIAS)
+        return await self._create_service(self.default_service_sid, settings, ensure=True)
+
+    async def create_service(self, settings: dict[str, str]) -> Service:
+        return await self._create_service(new_sid(SERVICE_PREFIX), dict(SERVICE_DEFAULTS, **settings))
+
+    async def _create_service(self, sid: str, settings: dict[str, str], ensure: bool = False) -> Service:
+        # Indexed first: a crash in between leaves an index entry without a service, which listing
+        # skips, rather than a service that listing can never reach.
+        await self._run("svc_index_add", [keys.SERVICE_INDEX, keys.SERVICE_SEQ], [sid])
+        args: list[str | int | bytes] = ["1" if ensure else "0"]
+        for name, value in settings.items():
+            args += [name, value]
+        reply = await self._run("svc_create", [keys.service_key(sid)], args)
+        if reply[0] == b"exists":  # pragma: no cover - a random 128-bit SID collided
+            raise errors.SyncError("Service SID collision, try again")
+        return _service(sid, reply[1:])
+
+    async def fetch_service(self, service_sid: str) -> Service:
+        flat = await self._guard(lambda: self.redis.hgetall(keys.service_key(service_sid)))
+        if not flat and service_sid == self.default_service_sid:
+            return await self.ensure_default_service()
+        if not flat:
+            raise errors.ServiceNotFound(f"Service {service_sid} not found")
+        return _service_from_map(service_sid, flat)
+
+    async def update_service(self, service_sid: str, settings: dict[str, str]) -> Service:
+        args: list[str | int | bytes] = []
+        for name, value in settings.items():
+            args += [name, value]
+        if service_sid == self.default_service_sid:
+            await self.fetch_service(service_sid)
+        reply = await self._run("svc_update", [keys.service_key(service_sid)], args)
+        if reply[0] == b"nosvc":
+            raise errors.ServiceNotFound(f"Service {service_sid} not found")
+        return _service(service_sid, reply[1:])
+
+    async def delete_service(self, service_sid: str) -> None:
+        reply = await self._run(
+            "svc_delete", [keys.service_key(service_sid)], [keys.service_prefix(service_sid)]
+        )
+        if reply[0] == b"nosvc":
+            raise errors.ServiceNotFound(f"Service {service_sid} not found")
+        await self._guard(lambda: self.redis.zrem(keys.SERVICE_INDEX, service_sid))
+
+    async def list_services(self, *, after: int | None, before: int | None, size: int) -> Page[Service]:
+        """Two round trips: the index page, then the services (pipelined). Entries whose service is
+        gone (a crash between indexing and creating) are skipped."""
+        if before is not None:
+            rows = await self._guard(
+                lambda: self.redis.zrevrangebyscore(
+                    keys.SERVICE_INDEX, f"({before}", "-inf", start=0, num=size + 1, withscores=True
+                )
+            )
+            rows = list(reversed(rows))
+            more = len(rows) > size
+            rows = rows[-size:] if more else rows
+        else:
+            low = "-inf" if after is None else f"({after}"
+            rows = await self._guard(
+                lambda: self.redis.zrangebyscore(
+                    keys.SERVICE_INDEX, low, "+inf", start=0, num=size + 1, withscores=True
+                )
+            )
+            more = len(rows) > size
+            rows = rows[:size]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, _ in rows:
+                pipe.hgetall(keys.service_key(sid.decode()))
+            maps = await self._guard(pipe.execute)
+        items: list[Service] = []
+        cursors: list[int] = []
+        for (sid, score), flat in zip(rows, maps, strict=True):
+            if flat:
+                items.append(_service_from_map(sid.decode(), flat))
+                cursors.append(int(score))
+        return _page(items, cursors, more=more)
+
+    # -- permissions -------------------------------------------------------------------------------
+
+    async def _perm(self, service_sid: str, document: str, op: str, identity: str, flags: str) -> Any:
+        reply = await self._run_in_service(
+            service_sid, "perm", [document, _by_sid(document), op, identity, flags]
+        )
+        if reply[0] == b"nodoc":
+            raise errors.DocumentNotFound(f"Document {document} not found")
+        if reply[0] == b"noperm":
+            raise errors.PermissionNotFound(f"Permission for identity {identity} not found")
+        return reply
+
+    async def fetch_permission(self, service_sid: str, document: str, identity: str) -> Permission:
+        reply = await self._perm(service_sid, document, "get", identity, "")
+        return _permission(service_sid, reply[1].decode(), identity, reply[3])
+
+    async def set_permission(
+        self, service_sid: str, document: str, identity: str, read: bool, write: bool, manage: bool
+    ) -> Permission:
+        flags = "".join("1" if flag else "0" for flag in (read, write, manage))
+        reply = await self._perm(service_sid, document, "set", identity, flags)
+        return _permission(service_sid, reply[1].decode(), identity, flags.encode())
+
+    async def delete_permission(self, service_sid: str, document: str, identity: str) -> None:
+        await self._perm(service_sid, document, "del", identity, "")
+
+    async def list_permissions(self, service_sid: str, document: str) -> tuple[str, list[Permission]]:
+        """The document's SID and all its permissions, sorted by identity."""
+        reply = await self._perm(service_sid, document, "list", "", "")
+        document_sid = reply[1].decode()
+        pairs = reply[2:]
+        found = [
+            _permission(service_sid, document_sid, pairs[i].decode(), pairs[i + 1])
+            for i in range(0, len(pairs), 2)
+        ]
+        return document_sid, sorted(found, key=lambda p: p.identity)
+
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.UnavailableError("The data store is unavailable, try again") from exc
+
+
+def _by_sid(ident: str) -> str:
+    return "1" if is_sid(ident, DOCUMENT_PREFIX) else "0"
+
+
+def _page(items: list[T], cursors: list[int], *, more: bool) -> Page[T]:
+    return Page(
+        items=items,
+        more=more,
+        first_cursor=cursors[0] if cursors else None,
+        last_cursor=cursors[-1] if cursors else None,
+        cursors=cursors,
+    )
+
+
+def _permission(service_sid: str, document_sid: str, identity: str, flags: bytes) -> Permission:
+    return Permission(
+        service_sid=service_sid,
+        document_sid=document_sid,
+        identity=identity,
+        read=flags[0:1] == b"1",
+        write=flags[1:2] == b"1",
+        manage=flags[2:3] == b"1",
+    )
+
+
+def _service(sid: str, flat: Sequence[bytes]) -> Service:
+    return _service_from_map(sid, {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
+
+
+def _service_from_map(sid: str, raw: dict[bytes, bytes]) -> Service:
+    def text(name: str) -> str | None:
+        value = raw.get(name.encode(), b"")
+        return value.decode() or None
+
+    def flag(name: str) -> bool:
+        return raw.get(name.encode()) == b"1"
+
+    return Service(
+        sid=sid,
+        unique_name=text("unique_name"),
+        friendly_name=text("friendly_name"),
+        webhook_url=text("webhook_url"),
+        webhooks_from_rest_enabled=flag("webhooks_from_rest_enabled"),
+        reachability_webhooks_enabled=flag("reachability_webhooks_enabled"),
+        reachability_debouncing_enabled=flag("reachability_debouncing_enabled"),
+        reachability_debouncing_window=int(raw.get(b"reachability_debouncing_window", b"5000")),
+        acl_enabled=flag("acl_enabled"),
+        date_created=int(raw.get(b"c", b"0")),
+        date_updated=int(raw.get(b"u", b"0")),
+    )

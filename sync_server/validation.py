@@ -1,0 +1,119 @@
+"""Input rules shared by REST and the websocket protocols, raising the Twilio error of each rule."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from sync_server import errors
+from sync_server.ids import SID_SHAPE
+
+MAX_DATA_BYTES = 16 * 1024
+MAX_TTL = 31_536_000
+MAX_UNIQUE_NAME = 320
+MAX_IDENTITY = 256
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def parse_data(text: str | bytes) -> bytes:
+    """Parses the ``Data`` of a request into canonical compact JSON (UTF-8), the form that is stored.
+
+    Raises 54008 for text that is not JSON, 54101 for JSON that is not an object, 54006 when the
+    compact form is over 16 KiB.
+    """
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers beyond 64 bits, which are valid JSON; the stdlib keeps them exact.
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise errors.ValidationError(
+                "Invalid JSON in Data: the document data must be a JSON object", code=errors.INVALID_JSON
+            ) from None
+        return encode_data(value, compact=_stdlib_compact)
+    return encode_data(value)
+
+
+def _stdlib_compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_data(value: Any, compact: Any = orjson.dumps) -> bytes:
+    """Checks that ``value`` is a JSON object within the size limit and returns its compact JSON."""
+    if not isinstance(value, dict):
+        raise errors.ValidationError(
+            "Invalid document data: the data must be a JSON object", code=errors.INVALID_DATA
+        )
+    try:
+        encoded: bytes = compact(value)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        # Non-string keys or integers orjson cannot hold, reached only from the websocket path.
+        encoded = _stdlib_compact(value)
+    check_data_size(len(encoded))
+    return encoded
+
+
+def check_data_size(size: int) -> None:
+    if size > MAX_DATA_BYTES:
+        raise errors.DataTooLarge(
+            f"Document data is {size} bytes, over the limit of {MAX_DATA_BYTES} bytes of compact JSON"
+        )
+
+
+def parse_ttl(text: str) -> int:
+    """A ``Ttl`` form value: a whole number of seconds, 0 (no expiry) to 31,536,000."""
+    stripped = text.strip()
+    if not stripped.isdigit() or not stripped.isascii():
+        raise _ttl_error()
+    return check_ttl(int(stripped))
+
+
+def check_ttl(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TTL:
+        raise _ttl_error()
+    return value
+
+
+def _ttl_error() -> errors.ValidationError:
+    return errors.ValidationError(
+        f"Invalid Ttl: it must be a whole number of seconds from 0 to {MAX_TTL}", code=errors.INVALID_TTL
+    )
+
+
+def check_unique_name(name: str) -> str:
+    """1 to 320 characters, and not shaped like a SID (which would make ``/Documents/{Sid}`` ambiguous)."""
+    if not 1 <= len(name) <= MAX_UNIQUE_NAME or SID_SHAPE.fullmatch(name):
+        raise errors.ValidationError(
+            f"Invalid UniqueName: it must be 1 to {MAX_UNIQUE_NAME} characters and must not look like a SID",
+            code=errors.INVALID_UNIQUE_NAME,
+        )
+    return name
+
+
+def check_identity(identity: str) -> str:
+    if not 1 <= len(identity) <= MAX_IDENTITY:
+        raise errors.ValidationError(
+            f"Invalid identity: it must be 1 to {MAX_IDENTITY} characters", code=errors.INVALID_IDENTITY
+        )
+    return identity
+
+
+def normalize_revision(value: str) -> str:
+    """An ``If-Match`` value as sent by the helpers: quoted (``"1a"``), weak (``W/"1a"``) or bare (``1a``)."""
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if not text or len(text) > 16 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise errors.ValidationError(
+            "Invalid If-Match: it must be a document revision", code=errors.INVALID_IF_MATCH
+        )
+    # Revisions are hex counters: leading zeros and case do not change which one is meant.
+    return format(int(text, 16), "x")
