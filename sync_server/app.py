@@ -16,14 +16,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 
-from sync_server import errors
+from sync_server import errors, redaction
 from sync_server.config import Settings
+from sync_server.core import SyncCore
+from sync_server.gateway.auth import SocketAuthenticator
+from sync_server.gateway.native import NativeEndpoint
+from sync_server.hub import Hub
 from sync_server.rest.api import RestApi, RestConfig
 from sync_server.rest.auth import BasicAuth
 from sync_server.rest.responses import error_response, json_response
 from sync_server.store.redis_store import RedisStore
+from sync_server.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +37,11 @@ REDIS_POOL_SIZE = 64
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    redaction.install()
     redis = Redis.from_url(
         settings.redis_url,
         max_connections=REDIS_POOL_SIZE,
         socket_connect_timeout=2,
-        socket_keepalive=True,
-        retry_on_timeout=False,
     )
     store = RedisStore(redis, settings.account_sid)
     auth = BasicAuth(
@@ -49,6 +53,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         RestConfig(settings.account_sid, settings.public_url, settings.limits.max_body_bytes),
     )
 
+    hub = Hub(redis)
+    core = SyncCore(store)
+    api_keys = {settings.api_key_sid: settings.api_key_secret} if settings.api_key_secret else {}
+    authenticator = SocketAuthenticator(core, TokenVerifier(settings.account_sid, api_keys), auth)
+    native = NativeEndpoint(core, hub, authenticator, settings.limits)
+
     async def healthz(request: Request) -> Response:
         if await store.ping():
             return json_response({"status": "ok"})
@@ -56,11 +66,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
         sweeper = asyncio.create_task(_sweep_forever(store, settings.expiry_interval))
         try:
             yield
         finally:
             sweeper.cancel()
+            await hub.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await store.close()
@@ -69,14 +81,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         if status == 405:
             return error_response(errors.SyncError("Method not allowed", code=20004, status=405))
-        return error_response(errors.NotFoundError(f"The requested resource {request.url.path} was not found"))
+        return error_response(
+            errors.NotFoundError(f"The requested resource {request.url.path} was not found")
+        )
 
     app = Starlette(
-        routes=[Route("/healthz", healthz), Mount("/v1", app=rest)],
+        routes=[
+            Route("/healthz", healthz),
+            Mount("/v1", app=rest),
+            WebSocketRoute("/ws", native),
+        ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )
     app.state.store = store
+    app.state.hub = hub
     app.state.settings = settings
     return app
 

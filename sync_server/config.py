@@ -14,7 +14,7 @@ from pathlib import Path
 DEFAULT_DATA_DIR = ".sync-data"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Limits:
     """Configurable limits. Defaults are what a single small server should accept."""
 

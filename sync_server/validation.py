@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import orjson
@@ -16,32 +18,60 @@ MAX_UNIQUE_NAME = 320
 MAX_IDENTITY = 256
 
 
+# orjson keeps integers exactly only within 64 bits and silently turns longer ones into floats
+# (123456789012345678901234567890 -> 1.2345678901234568e+29). Any run of 19 or more digits may be
+# such an integer (or a long fraction), so that text takes the exact stdlib path. A false alarm
+# (digits inside a string) only costs speed.
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
+def _invalid_json(reason: str) -> errors.ValidationError:
+    return errors.ValidationError(f"Invalid JSON in Data: {reason}", code=errors.INVALID_JSON)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    # 1e400 is valid JSON grammar but no client can hold it; stored as "Infinity" it would make
+    # every later response invalid JSON.
+    if math.isinf(value):
+        raise ValueError(text)
+    return value
 
 
 def parse_data(text: str | bytes) -> bytes:
     """Parses the ``Data`` of a request into canonical compact JSON (UTF-8), the form that is stored.
 
-    Raises 54008 for text that is not JSON, 54101 for JSON that is not an object, 54006 when the
-    compact form is over 16 KiB.
+    Integers of any size keep their exact value. Raises 54008 for text that is not JSON (or holds
+    a number no double can hold, or an unpaired surrogate), 54101 for JSON that is not an object,
+    54006 when the compact form is over 16 KiB.
     """
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits, which are valid JSON; the stdlib keeps them exact.
+    raw = text.encode(errors="surrogatepass") if isinstance(text, str) else text
+    if _LONG_DIGITS.search(raw) is None:
         try:
-            value = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError):
-            raise errors.ValidationError(
-                "Invalid JSON in Data: the document data must be a JSON object", code=errors.INVALID_JSON
-            ) from None
-        return encode_data(value, compact=_stdlib_compact)
-    return encode_data(value)
+            return encode_data(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            pass  # maybe 1e400 or a lone surrogate escape: the stdlib path below says which
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        # ValueError covers malformed text, non-UTF-8 bytes, NaN/Infinity, 1e400 and integers
+        # beyond Python's 4300-digit conversion limit.
+        raise _invalid_json("the document data must be a JSON object") from None
+    return encode_data(value, compact=_stdlib_compact)
 
 
 def _stdlib_compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError:
+        # An escaped unpaired surrogate ("\\ud800") parses but has no UTF-8 form.
+        raise _invalid_json("a string holds an unpaired surrogate") from None
+    except ValueError:
+        raise _invalid_json("a number is out of range") from None
 
 
 def encode_data(value: Any, compact: Any = orjson.dumps) -> bytes:
@@ -66,12 +96,23 @@ def check_data_size(size: int) -> None:
         )
 
 
+def whole_number(text: str) -> int | None:
+    """The value of a form or query number: ASCII digits only (no sign, no fraction), else None.
+
+    The length cap keeps ``int()`` away from Python's 4300-digit limit, whose ValueError would
+    otherwise surface as a 500; no field this server reads needs more than 18 digits.
+    """
+    if not 1 <= len(text) <= 18 or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def parse_ttl(text: str) -> int:
     """A ``Ttl`` form value: a whole number of seconds, 0 (no expiry) to 31,536,000."""
-    stripped = text.strip()
-    if not stripped.isdigit() or not stripped.isascii():
+    value = whole_number(text.strip())
+    if value is None:
         raise _ttl_error()
-    return check_ttl(int(stripped))
+    return check_ttl(value)
 
 
 def check_ttl(value: object) -> int:

@@ -137,9 +137,7 @@ async def create_document(ctx: Context) -> Response:
     data = parse_data(form["Data"]) if "Data" in form else b"{}"
     ttl = parse_ttl(form["Ttl"]) if "Ttl" in form else 0
     doc = await ctx.store.create_document(ctx.service_sid, unique_name, data, ttl, REST_IDENTITY)
-    return json_response(
-        document_json(doc, ctx.base, ctx.account_sid), 201, {"ETag": doc.revision_text}
-    )
+    return json_response(document_json(doc, ctx.base, ctx.account_sid), 201, {"ETag": doc.revision_text})
 
 
 async def fetch_document(ctx: Context) -> Response:

@@ -86,9 +86,7 @@ class ServiceStore(Protocol):
         """Deletes the service and all its documents, publishing ``removed`` for each."""
         ...
 
-    async def list_services(
-        self, *, after: int | None, before: int | None, size: int
-    ) -> Page[Service]: ...
+    async def list_services(self, *, after: int | None, before: int | None, size: int) -> Page[Service]: ...
 
 
 class PermissionStore(Protocol):

@@ -54,4 +54,4 @@ class ScriptRunner:
         try:
             return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await self._redis.eval(script.source.decode(), len(keys), *keys, *args)  # type: ignore[arg-type]
+            return await self._redis.eval(script.source.decode(), len(keys), *keys, *args)

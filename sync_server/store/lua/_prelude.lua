@@ -61,10 +61,12 @@ local function publish_removed(prefix, sid, name, revision, reason)
   redis.call('PUBLISH', prefix .. 'ch:' .. sid, event)
 end
 
+-- An 'updated' event is a JSON header line, a newline, then the data exactly as stored: readers
+-- slice the data off without parsing it (cjson escapes newlines, so the header has none).
 local function publish_updated(prefix, sid, f)
   local event = '{"e":"updated","s":"' .. service_of(prefix) .. '","sid":"' .. sid .. '","n":'
-    .. json_string_or_null(f.n) .. ',"r":' .. f.r .. ',"d":' .. f.d .. ',"c":' .. f.c .. ',"u":' .. f.u
-    .. ',"x":' .. f.x .. ',"b":' .. cjson.encode(f.b) .. '}'
+    .. json_string_or_null(f.n) .. ',"r":' .. f.r .. ',"c":' .. f.c .. ',"u":' .. f.u
+    .. ',"x":' .. f.x .. ',"b":' .. cjson.encode(f.b) .. '}\n' .. f.d
   redis.call('PUBLISH', prefix .. 'ch:' .. sid, event)
 end
 

@@ -1,0 +1,38 @@
+# The sync server, next to a Redis of your own:
+#
+#   docker build -t sync-server .
+#   docker network create sync
+#   docker run -d --name redis --network sync -v sync-redis:/data redis:7 redis-server --appendonly yes
+#   docker run -d --name sync --network sync -p 8080:8080 -v sync-data:/data sync-server
+#   docker logs sync    # the generated credentials, printed once and kept in /data/credentials.json
+#
+# -e SYNC_ACCOUNT_SID=AC… -e SYNC_AUTH_TOKEN=… chooses the credentials (they are then never printed);
+# -e SYNC_REDIS_URL=redis://host:port/0 points at another Redis; -e SYNC_REDIS_URL= (empty) runs the
+# bundled Valkey inside the container instead, persisting to /data/redis.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --system --user-group --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin sync \
+    && install --directory --owner=sync --group=sync --mode=700 /data
+
+# Built outside the working directory and removed: a stray source tree must never shadow the installed package.
+COPY pyproject.toml README.md /tmp/src/
+COPY sync_server /tmp/src/sync_server
+COPY protocol /tmp/src/protocol
+RUN pip install --no-cache-dir /tmp/src && rm -rf /tmp/src
+
+ENV SYNC_REDIS_URL=redis://redis:6379/0 \
+    SYNC_DATA_DIR=/data
+WORKDIR /data
+VOLUME ["/data"]
+USER sync
+EXPOSE 8080
+
+# slim has no curl; urlopen raises on anything but 2xx (503 means Redis is unreachable).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
+
+CMD ["sync-server", "--host", "0.0.0.0", "--port", "8080"]

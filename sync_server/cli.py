@@ -1,0 +1,299 @@
+"""The ``sync-server`` command: ``serve`` (the default), ``token`` and ``credentials``.
+
+``serve`` resolves the credentials, starts the embedded Redis unless a Redis URL is given, exports
+everything as ``SYNC_*`` variables (uvicorn builds the app afresh in every worker, each reading
+:meth:`Settings.from_env`) and runs uvicorn. Every flag has a ``SYNC_*`` variable as its default.
+
+Secrets are printed to stdout only when they come from the data directory (the operator has no other way
+to learn generated ones), never when they come from the environment, and never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+from sync_server.config import DEFAULT_DATA_DIR, Settings
+from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsError, resolve_credentials
+from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
+from sync_server.errors import SyncError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "sync-server"
+COMMANDS = ("serve", "token", "credentials")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+APP_FACTORY = "sync_server.app:create_app"
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with exit status 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sync-server`` and ``python -m sync_server``; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(os.environ).parse_args(_default_to_serve(arguments))
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": serve,
+        "token": print_token,
+        "credentials": print_credentials,
+    }
+    try:
+        return handlers[args.command](args)
+    except (CliError, CredentialsError, RedisNotFoundError, RedisStartError, SyncError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _default_to_serve(arguments: list[str]) -> list[str]:
+    if arguments and arguments[0] in (*COMMANDS, "-h", "--help"):
+        return arguments
+    return ["serve", *arguments]
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The argument parser; ``env`` supplies the ``SYNC_*`` defaults."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Self-hostable realtime document sync server, compatible with Twilio Sync Documents.",
+        epilog=f"Without a command, {PROG} runs `serve`; see `{PROG} serve --help` for its flags.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands.add_parser("serve", help="run the server (the default command)"), env)
+    token = commands.add_parser("token", help="print an access token for a client SDK")
+    token.add_argument("--identity", required=True, help="the identity the token is issued to")
+    token.add_argument("--service", default="default", help="the Sync service SID (default: %(default)s)")
+    token.add_argument("--ttl", type=_positive_int, default=3600, help="seconds (default: %(default)s)")
+    _add_data_dir(token, env)
+    credentials = commands.add_parser("credentials", help="print the credentials the server accepts")
+    credentials.add_argument("--json", action="store_true", help="print JSON instead of SYNC_* assignments")
+    _add_data_dir(credentials, env)
+    return parser
+
+
+def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    # String defaults go through `type` like typed values, so a bad SYNC_PORT is reported like a bad --port.
+    serve.add_argument("--host", default=env.get("SYNC_HOST") or "127.0.0.1", help="(env SYNC_HOST)")
+    serve.add_argument("--port", type=_port, default=env.get("SYNC_PORT") or "8080", help="(env SYNC_PORT)")
+    serve.add_argument(
+        "--redis-url",
+        type=_redis_url,
+        default=env.get("SYNC_REDIS_URL") or None,
+        help="redis://, rediss:// or unix:// URL (env SYNC_REDIS_URL); without one, an embedded Redis "
+        "persists to <data-dir>/redis",
+    )
+    _add_data_dir(serve, env)
+    serve.add_argument(
+        "--public-url",
+        default=env.get("SYNC_PUBLIC_URL") or None,
+        help="the URL clients reach this server at, for links in responses (env SYNC_PUBLIC_URL)",
+    )
+    serve.add_argument(
+        "--workers", type=_positive_int, default=env.get("SYNC_WORKERS") or "1", help="(env SYNC_WORKERS)"
+    )
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=env.get("SYNC_LOG_LEVEL") or "info",
+        help="(env SYNC_LOG_LEVEL, default: %(default)s)",
+    )
+
+
+def _add_data_dir(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=env.get("SYNC_DATA_DIR") or DEFAULT_DATA_DIR,
+        help="holds credentials.json and the embedded Redis (env SYNC_DATA_DIR, default: %(default)s)",
+    )
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(REDIS_SCHEMES):
+        raise argparse.ArgumentTypeError(f"expected a {', '.join(REDIS_SCHEMES)} URL, got {text!r}")
+    return text
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT, then stop the embedded Redis (if any) after uvicorn."""
+    data_dir: Path = args.data_dir.absolute()
+    credentials, from_file = resolve_credentials(data_dir, os.environ)
+    _check_port_free(args.host, args.port)
+    if from_file:
+        _print_banner(credentials, data_dir, _base_url(args))
+    # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would end the process
+    # before the embedded Redis is stopped, so turn it into SystemExit, which unwinds the ExitStack.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    with contextlib.ExitStack() as stack:
+        redis_url: str | None = args.redis_url
+        if redis_url is None:
+            redis_url = stack.enter_context(RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS)).url
+        os.environ.update(_server_env(credentials, redis_url, data_dir, args.public_url))
+        _run_uvicorn(args)
+    return 0
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before starting Redis, with a readable message, if uvicorn could not bind the address."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CliError(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = (
+                " (another server is running there; choose one with --port)"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    if args.public_url:
+        return str(args.public_url).rstrip("/")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
+    return f"http://[{host}]:{args.port}" if ":" in host else f"http://{host}:{args.port}"
+
+
+def _print_banner(credentials: Credentials, data_dir: Path, base_url: str) -> None:
+    account_from_env = bool(os.environ.get("SYNC_ACCOUNT_SID"))
+    key_from_env = bool(os.environ.get("SYNC_API_KEY_SID"))
+    token = "(from SYNC_AUTH_TOKEN)" if account_from_env else credentials.auth_token
+    secret = "(from SYNC_API_KEY_SECRET)" if key_from_env else credentials.api_key_secret
+    auth = (
+        '"$SYNC_ACCOUNT_SID:$SYNC_AUTH_TOKEN"'
+        if account_from_env
+        else f"{credentials.account_sid}:{credentials.auth_token}"
+    )
+    lines = [
+        f"Credentials from {data_dir / CREDENTIALS_FILE} (set SYNC_ACCOUNT_SID/SYNC_AUTH_TOKEN to override):",
+        f"  Account SID     {credentials.account_sid}",
+        f"  Auth token      {token}",
+        f"  API key SID     {credentials.api_key_sid}",
+        f"  API key secret  {secret}",
+        f"Try: curl -u {auth} {base_url}/v1/Services/default/Documents",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _server_env(
+    credentials: Credentials, redis_url: str, data_dir: Path, public_url: str | None
+) -> dict[str, str]:
+    env = {
+        "SYNC_REDIS_URL": redis_url,
+        "SYNC_DATA_DIR": str(data_dir),
+        "SYNC_ACCOUNT_SID": credentials.account_sid,
+        "SYNC_AUTH_TOKEN": credentials.auth_token,
+        "SYNC_API_KEY_SID": credentials.api_key_sid,
+        "SYNC_API_KEY_SECRET": credentials.api_key_secret,
+    }
+    if public_url:
+        env["SYNC_PUBLIC_URL"] = public_url
+    return env
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn  # here, so that `token` and `credentials` start fast
+
+    limits = Settings.from_env().limits
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop" if _importable("uvloop") else "auto",
+        http="httptools" if _importable("httptools") else "auto",
+        # uvicorn's sans-I/O websockets plus a direct write path for fan-out (gateway/uvicorn_ws.py).
+        ws="sync_server.gateway.uvicorn_ws:DirectWebSocketProtocol",
+        ws_max_size=limits.max_frame_bytes,
+        ws_ping_interval=limits.ping_interval,
+        ws_ping_timeout=limits.ping_interval,
+        # Frames are encoded once and written as they are to every subscriber: no compression.
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level=args.log_level,
+        proxy_headers=False,
+        server_header=False,
+        # Open websockets would otherwise hold a SIGTERM'd server (and its Redis) up indefinitely.
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def print_token(args: argparse.Namespace) -> int:
+    """Print one access token, and nothing else, on stdout."""
+    credentials, _ = resolve_credentials(args.data_dir.absolute(), os.environ)
+    try:
+        from sync_server.tokens import mint_access_token
+    except ImportError as exc:
+        raise CliError(f"access tokens are unavailable: {exc}") from None
+    token = mint_access_token(
+        credentials.account_sid,
+        credentials.api_key_sid,
+        credentials.api_key_secret,
+        args.identity,
+        service_sid=args.service,
+        ttl=args.ttl,
+    )
+    print(token)
+    return 0
+
+
+def print_credentials(args: argparse.Namespace) -> int:
+    """Print the resolved credentials as ``SYNC_*=value`` lines (``eval``-able) or as JSON."""
+    credentials, _ = resolve_credentials(args.data_dir.absolute(), os.environ)
+    values = {
+        "SYNC_ACCOUNT_SID": credentials.account_sid,
+        "SYNC_AUTH_TOKEN": credentials.auth_token,
+        "SYNC_API_KEY_SID": credentials.api_key_sid,
+        "SYNC_API_KEY_SECRET": credentials.api_key_secret,
+    }
+    if args.json:
+        import json
+
+        print(json.dumps({name.removeprefix("SYNC_").lower(): value for name, value in values.items()}))
+    else:
+        print("\n".join(f"{name}={shlex.quote(value)}" for name, value in values.items()))
+    return 0

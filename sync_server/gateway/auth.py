@@ -1,0 +1,59 @@
+"""Who a websocket client is: an access token (browsers, apps) or Basic credentials (backends).
+
+Tokens come from the ``token`` query parameter, ``Authorization: Bearer …`` or ``X-Twilio-Token``.
+Basic credentials (the account or an API key, as for REST) act as the identity ``system`` unless
+``identity`` is given, on the service named by ``service`` (default: the default service).
+Tokens are never logged and never echoed in errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from starlette.types import Scope
+
+from sync_server import errors
+from sync_server.core import Principal, SyncCore
+from sync_server.rest.auth import BasicAuth
+from sync_server.tokens import AccessGrant, TokenVerifier
+from sync_server.validation import check_identity
+
+SYSTEM_IDENTITY = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    principal: Principal
+    grant: AccessGrant | None
+    """The verified token, or None for Basic credentials (which do not expire)."""
+
+
+class SocketAuthenticator:
+    def __init__(self, core: SyncCore, verifier: TokenVerifier, basic: BasicAuth) -> None:
+        self._core = core
+        self._verifier = verifier
+        self._basic = basic
+
+    def authenticate(self, scope: Scope) -> Authenticated:
+        """Raises an ``AuthenticationError`` (token errors carry Twilio's 2010x codes)."""
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        authorization: bytes | None = headers.get("authorization")
+        token = query.get("token")
+        if token is None and authorization is not None and authorization[:7].lower() == b"bearer ":
+            token = authorization[7:].strip().decode("latin-1")
+        if token is None and "x-twilio-token" in headers:
+            token = headers["x-twilio-token"].decode("latin-1")
+        if token is not None:
+            return self.verify_token(token)
+        if authorization is None:
+            raise errors.AuthenticationError("An access token or credentials are required")
+        self._basic.check(authorization)
+        identity = check_identity(query.get("identity", SYSTEM_IDENTITY))
+        service_sid = self._core.service_for(query.get("service"))
+        return Authenticated(Principal(identity, service_sid), None)
+
+    def verify_token(self, token: str) -> Authenticated:
+        grant = self._verifier.verify(token)
+        return Authenticated(Principal(grant.identity, self._core.service_for(grant.service_sid)), grant)

@@ -1,0 +1,162 @@
+"""One connection's document subscriptions: hub registration, the subscribe race, and ordering.
+
+Per subscriber, revisions only ever increase. The race between a subscribe and concurrent writes is
+closed like this: register with the hub first (which returns once Redis routes the channel's events
+here), *then* read the snapshot. Events that arrive in between are held (``pending``) until the
+adapter has written its subscribe reply and calls :meth:`Subscriptions.activate`; then those newer
+than the snapshot are delivered, the rest dropped. From there on an event is delivered only if its
+revision is above the last one delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sync_server import errors
+from sync_server.core import Principal, SyncCore
+from sync_server.events import DocumentEvent
+from sync_server.hub import Hub
+from sync_server.ids import DOCUMENT_PREFIX, is_sid
+from sync_server.store import keys
+from sync_server.store.models import Document
+
+# Events held for one document while its snapshot is read; a burst larger than this during one
+# subscribe round trip means the client could not keep up anyway.
+MAX_PENDING = 256
+
+
+@dataclass(slots=True)
+class _Subscription:
+    sid: str
+    unique_name: str | None
+    channel: str
+    revision: int = -1
+    pending: list[DocumentEvent] | None = field(default_factory=list)
+
+
+class Subscriptions:
+    """Implements :class:`sync_server.hub.Subscriber` for one connection."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        core: SyncCore,
+        principal: Principal,
+        limit: int,
+        deliver: Callable[[DocumentEvent], None],
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self._hub = hub
+        self._core = core
+        self._principal = principal
+        self._limit = limit
+        self._deliver = deliver
+        self._on_overflow = on_overflow
+        self._by_sid: dict[str, _Subscription] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_sid)
+
+    def revision_of(self, sid: str) -> int | None:
+        sub = self._by_sid.get(sid)
+        return None if sub is None else sub.revision
+
+    # -- hub.Subscriber -----------------------------------------------------------------------------
+
+    def on_event(self, event: DocumentEvent) -> None:
+        sub = self._by_sid.get(event.sid)
+        if sub is None:
+            return
+        if sub.pending is not None:
+            if len(sub.pending) >= MAX_PENDING:
+                self._on_overflow()
+                return
+            sub.pending.append(event)
+            return
+        self._filter(sub, event)
+
+    def on_hub_reset(self) -> None:
+        # Events may have been lost: the connection must end so the client resubscribes.
+        self._by_sid.clear()
+        self._on_overflow()
+
+    def _filter(self, sub: _Subscription, event: DocumentEvent) -> None:
+        if event.kind == "updated":
+            assert event.revision is not None
+            if event.revision <= sub.revision:
+                return
+            sub.revision = event.revision
+        else:
+            # The subscription ends with its document; the hub drops us lazily (see _release).
+            self._by_sid.pop(sub.sid, None)
+            self._release(sub)
+        self._deliver(event)
+
+    def _release(self, sub: _Subscription) -> None:
+        asyncio.get_running_loop().create_task(self._hub.unsubscribe(sub.channel, self))
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    async def subscribe(self, ident: str) -> Document:
+        """Subscribes to a document by SID or unique name and returns its snapshot.
+
+        The caller must write its reply and call :meth:`activate` without awaiting in between.
+        """
+        first = await self._core.fetch(self._principal, ident)
+        existing = self._by_sid.get(first.sid)
+        if existing is not None:
+            if existing.pending is None:
+                existing.revision = max(existing.revision, first.revision)
+            return first
+        if len(self._by_sid) >= self._limit:
+            raise errors.SyncError(
+                f"Too many subscriptions on this connection (limit {self._limit})", code=20429, status=429
+            )
+        channel = keys.document_channel(self._principal.service_sid, first.sid)
+        sub = _Subscription(first.sid, first.unique_name, channel)
+        self._by_sid[first.sid] = sub
+        try:
+            await self._hub.subscribe(channel, self)
+            snapshot = await self._core.fetch(self._principal, first.sid)
+        except BaseException:
+            self._by_sid.pop(first.sid, None)
+            await self._hub.unsubscribe(channel, self)
+            raise
+        sub.revision = snapshot.revision
+        return snapshot
+
+    def activate(self, sid: str) -> None:
+        """Delivers the events that arrived while the snapshot was read, newer ones only."""
+        sub = self._by_sid.get(sid)
+        if sub is None or sub.pending is None:
+            return
+        pending, sub.pending = sub.pending, None
+        for event in pending:
+            if self._by_sid.get(sid) is not sub:
+                break
+            self._filter(sub, event)
+
+    async def unsubscribe(self, ident: str) -> bool:
+        """Ends a subscription by SID or unique name; False if there was none."""
+        sub = self._find(ident)
+        if sub is None:
+            return False
+        del self._by_sid[sub.sid]
+        await self._hub.unsubscribe(sub.channel, self)
+        return True
+
+    def _find(self, ident: str) -> _Subscription | None:
+        if is_sid(ident, DOCUMENT_PREFIX):
+            return self._by_sid.get(ident)
+        for sub in self._by_sid.values():
+            if sub.unique_name == ident:
+                return sub
+        return None
+
+    async def close(self) -> None:
+        subs = list(self._by_sid.values())
+        self._by_sid.clear()
+        for sub in subs:
+            await self._hub.unsubscribe(sub.channel, self)

@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules: real Redis and server processes (see processes.py)."""
