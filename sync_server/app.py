@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from sync_server import errors, redaction
 from sync_server.config import Settings
@@ -77,6 +79,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await sweeper
             await store.close()
 
+    static_dir = Path(__file__).parent / "static"
+
+    async def demo(request: Request) -> Response:
+        return FileResponse(static_dir / "demo.html", media_type="text/html")
+
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         if status == 405:
@@ -90,6 +97,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Mount("/v1", app=rest),
             WebSocketRoute("/ws", native),
+            # The browser client and the demo page: public files, no data in them.
+            Mount("/sdk", app=StaticFiles(directory=static_dir)),
+            Route("/demo", demo),
         ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},

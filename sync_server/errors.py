@@ -41,7 +41,10 @@ class SyncError(Exception):
             self.status = status  # type: ignore[misc]
 
     def to_dict(self) -> dict[str, object]:
-        """The Twilio error body. Never add both ``type`` and ``title`` (twilio-python reads that as RFC 9457)."""
+        """The Twilio error body.
+
+        Never add both ``type`` and ``title``: twilio-python then reads the body as RFC 9457.
+        """
         return {
             "code": self.code,
             "message": self.message,

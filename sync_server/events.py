@@ -1,9 +1,10 @@
 """Document events as the write scripts publish them, decoded once per process.
 
-The Lua scripts publish a compact JSON header, and for ``updated`` a newline and the data (see ``publish_updated`` / ``publish_removed`` in
-``store/lua/_prelude.lua``). The hub decodes each message once into a :class:`DocumentEvent`; every
-protocol adapter then asks it for its own wire frame, which is built on first use and cached on the
-event, so a frame is encoded once per process and protocol, never once per subscriber.
+The Lua scripts publish a compact JSON header, and for ``updated`` a newline and then the data
+(see ``publish_updated`` and ``publish_removed`` in ``store/lua/_prelude.lua``). The hub decodes
+each message once into a :class:`DocumentEvent`; every protocol adapter then asks it for its own
+wire frame, which is built on first use and cached on the event, so a frame is encoded once per
+process and protocol, never once per subscriber.
 """
 
 from __future__ import annotations

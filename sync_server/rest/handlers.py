@@ -26,6 +26,7 @@ from sync_server.validation import (
     normalize_revision,
     parse_data,
     parse_ttl,
+    whole_number,
 )
 
 REST_IDENTITY = "system"
@@ -77,12 +78,12 @@ def _service_settings(form: dict[str, str]) -> dict[str, str]:
         if field in form:
             settings[stored] = "1" if _boolean(field, form[field]) else "0"
     if "ReachabilityDebouncingWindow" in form:
-        text = form["ReachabilityDebouncingWindow"]
-        if not text.isdigit() or not 1000 <= int(text) <= 30000:
+        window = whole_number(form["ReachabilityDebouncingWindow"])
+        if window is None or not 1000 <= window <= 30000:
             raise errors.ValidationError(
                 "Invalid ReachabilityDebouncingWindow: it must be 1000 to 30000 milliseconds"
             )
-        settings["reachability_debouncing_window"] = str(int(text))
+        settings["reachability_debouncing_window"] = str(window)
     return settings
 
 

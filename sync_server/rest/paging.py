@@ -7,15 +7,18 @@ created and deleted during it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from sync_server import errors
 from sync_server.store.models import Page
+from sync_server.validation import whole_number
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+_TOKEN = re.compile(r"PT([ab])([0-9a-f]{1,16})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +34,16 @@ def parse_page_request(query: dict[str, str]) -> PageRequest:
     size_text = query.get("PageSize")
     size = DEFAULT_PAGE_SIZE
     if size_text is not None:
-        if not size_text.isdigit() or not 1 <= int(size_text) <= MAX_PAGE_SIZE:
+        parsed = whole_number(size_text)
+        if parsed is None or not 1 <= parsed <= MAX_PAGE_SIZE:
             raise errors.ValidationError(
                 f"Invalid PageSize: it must be a whole number from 1 to {MAX_PAGE_SIZE}",
                 code=errors.INVALID_PAGE_SIZE,
             )
-        size = int(size_text)
-    page_text = query.get("Page", "0")
-    if not page_text.isdigit():
+        size = parsed
+    # Page is the client's own count, echoed in meta; only the PageToken moves the cursor.
+    page = whole_number(query.get("Page", "0"))
+    if page is None:
         raise errors.ValidationError("Invalid Page: it must be a whole number from 0")
     token = query.get("PageToken") or None
     after = before = None
@@ -48,16 +53,15 @@ def parse_page_request(query: dict[str, str]) -> PageRequest:
             after = cursor
         else:
             before = cursor
-    return PageRequest(size=size, page=int(page_text), after=after, before=before, token=token)
+    return PageRequest(size=size, page=page, after=after, before=before, token=token)
 
 
 def _decode_token(token: str) -> tuple[str, int]:
-    if len(token) < 4 or len(token) > 20 or not token.startswith("PT") or token[2] not in "ab":
+    # Only what page_meta issues: int(x, 16) alone would also take "-5", " 5", "0x5" and "1_0".
+    match = _TOKEN.fullmatch(token)
+    if match is None:
         raise _bad_token()
-    try:
-        return token[2], int(token[3:], 16)
-    except ValueError:
-        raise _bad_token() from None
+    return match[1], int(match[2], 16)
 
 
 def _bad_token() -> errors.ValidationError:

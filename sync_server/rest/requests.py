@@ -29,10 +29,13 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
     if not body:
         return {}
     try:
+        # Strict twice over: the raw body, and every %XX escape in it (parse_qs would otherwise
+        # turn "%FF" into U+FFFD and store a name or data the client never sent).
         text = body.decode()
+        fields = parse_qs(text, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise errors.ValidationError("The request body is not valid UTF-8") from None
-    return {key: values[-1] for key, values in parse_qs(text, keep_blank_values=True).items()}
+    return {key: values[-1] for key, values in fields.items()}
 
 
 def _too_large(limit: int) -> errors.DataTooLarge:
