@@ -19,12 +19,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from sync_server import errors, redaction
 from sync_server.config import Settings
 from sync_server.core import SyncCore
 from sync_server.gateway.auth import SocketAuthenticator
 from sync_server.gateway.native import NativeEndpoint
+from sync_server.gateway.twilsock import TwilsockEndpoint
 from sync_server.hub import Hub
 from sync_server.rest.api import RestApi, RestConfig
 from sync_server.rest.auth import BasicAuth
@@ -37,7 +39,27 @@ log = logging.getLogger(__name__)
 REDIS_POOL_SIZE = 64
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+class SyncApp:
+    """The ASGI app: REST requests go straight to the REST API; everything else (lifespan, health,
+    websockets, static files) through Starlette's router.
+
+    The REST API maps every error to Twilio's format itself, so Starlette's middleware stack (about a
+    tenth of a REST write's CPU) would add nothing on that path.
+    """
+
+    def __init__(self, starlette: Starlette, rest: RestApi) -> None:
+        self.starlette = starlette
+        self.rest = rest
+        self.state = starlette.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.rest(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> SyncApp:
     settings = settings or Settings.from_env()
     redaction.install()
     redis = Redis.from_url(
@@ -60,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     api_keys = {settings.api_key_sid: settings.api_key_secret} if settings.api_key_secret else {}
     authenticator = SocketAuthenticator(core, TokenVerifier(settings.account_sid, api_keys), auth)
     native = NativeEndpoint(core, hub, authenticator, settings.limits)
+    twilsock = TwilsockEndpoint(core, hub, authenticator, settings.limits)
 
     async def healthz(request: Request) -> Response:
         if await store.ping():
@@ -97,6 +120,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Mount("/v1", app=rest),
             WebSocketRoute("/ws", native),
+            # The official Twilio Sync JS SDK (Twilsock V3.0).
+            WebSocketRoute("/v3/wsconnect", twilsock),
             # The browser client and the demo page: public files, no data in them.
             Mount("/sdk", app=StaticFiles(directory=static_dir)),
             Route("/demo", demo),
@@ -107,7 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.store = store
     app.state.hub = hub
     app.state.settings = settings
-    return app
+    return SyncApp(app, rest)
 
 
 async def _sweep_forever(store: RedisStore, interval: float) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from sync_server.store.multiplex import MultiplexedRedis
+
 _PRELUDE = "_prelude.lua"
 
 
@@ -39,19 +41,23 @@ def load_scripts() -> dict[str, LuaScript]:
 
 
 class ScriptRunner:
-    """Runs the scripts on one Redis client: one EVALSHA per call, one round trip.
+    """Runs the scripts: one EVALSHA per call, one round trip, on a multiplexed connection to the
+    same Redis as ``redis`` (see multiplex.py for why not through redis-py's pool).
 
     A Redis that lost its script cache (restart, SCRIPT FLUSH, failover) answers NOSCRIPT; the call
     is then repeated once as EVAL, which also re-caches the script.
     """
 
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
+        self._connection = MultiplexedRedis(dict(redis.connection_pool.connection_kwargs))
         self._scripts = load_scripts()
 
     async def run(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Any:
         script = self._scripts[name]
         try:
-            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._connection.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await self._redis.eval(script.source.decode(), len(keys), *keys, *args)
+            return await self._connection.execute("EVAL", script.source, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        await self._connection.aclose()
