@@ -2,6 +2,12 @@
 
 Routing splits the *raw* path and unquotes each segment afterwards, so that a unique name with an
 encoded ``/`` (``my%2Fdoc``) stays one segment; the usual decoded-path routing would split it.
+
+twilio-python 9.x does not encode the document's ``{Sid}`` at all (``"/Documents/{sid}".format``),
+so a unique name with a ``/`` also arrives as several raw segments. Everything between ``Documents``
+and an optional trailing ``Permissions[/{Identity}]`` is therefore the document. The one ambiguity,
+a unique name that itself ends in ``/Permissions`` (or ``/Permissions/x``) sent unencoded, resolves
+to the permissions route; sent encoded (``%2F``) it is unambiguous.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +33,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Context], Awaitable[Response]]
 
+_DOCUMENT = ("Services", None, "Documents", None)
+_PERMISSIONS = (*_DOCUMENT, "Permissions")
+_PERMISSION = (*_PERMISSIONS, None)
+
 # Segment patterns: literal names, or None for a path parameter.
 ROUTES: dict[tuple[str | None, ...], dict[str, Handler]] = {
     ("Services",): {"GET": handlers.list_services, "POST": handlers.create_service},
@@ -36,13 +46,13 @@ ROUTES: dict[tuple[str | None, ...], dict[str, Handler]] = {
         "DELETE": handlers.delete_service,
     },
     ("Services", None, "Documents"): {"GET": handlers.list_documents, "POST": handlers.create_document},
-    ("Services", None, "Documents", None): {
+    _DOCUMENT: {
         "GET": handlers.fetch_document,
         "POST": handlers.update_document,
         "DELETE": handlers.delete_document,
     },
-    ("Services", None, "Documents", None, "Permissions"): {"GET": handlers.list_permissions},
-    ("Services", None, "Documents", None, "Permissions", None): {
+    _PERMISSIONS: {"GET": handlers.list_permissions},
+    _PERMISSION: {
         "GET": handlers.fetch_permission,
         "POST": handlers.update_permission,
         "DELETE": handlers.delete_permission,
@@ -82,15 +92,7 @@ class RestApi:
         scope = request.scope
         self.auth.check(_header(scope, b"authorization"))
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        segments = raw_path.decode("latin-1").split("/")
-        # raw_path is the full path: drop everything up to and including the "v1" segment.
-        try:
-            segments = segments[segments.index("v1") + 1 :]
-        except ValueError:
-            segments = []
-        if segments and segments[-1] == "":
-            segments.pop()
-        handler, params = _route(segments, scope["method"])
+        handler, params = _route(_segments(raw_path), scope["method"])
         context = Context(
             request=request,
             store=self.store,
@@ -103,18 +105,46 @@ class RestApi:
         return await handler(context)
 
 
-def _route(segments: list[str], method: str) -> tuple[Handler, list[str]]:
-    pattern = _SHAPES.get(len(segments))
-    if pattern is None or any(p is not None and p != s for p, s in zip(pattern, segments, strict=True)):
-        raise errors.NotFoundError(f"The requested resource /v1/{'/'.join(segments)} was not found")
+def _segments(raw_path: bytes) -> list[str]:
+    """The decoded segments after ``/v1`` (raw_path is the full path, mount prefix included).
+
+    Each segment is unescaped on its own and must then be UTF-8: ``%FF`` or ``%C3`` alone cannot
+    name anything, so such a path is a 404 rather than a lookup of U+FFFD.
+    """
+    raw = raw_path.split(b"/")
     try:
-        params = [unquote(s, errors="strict") for p, s in zip(pattern, segments, strict=True) if p is None]
+        raw = raw[raw.index(b"v1") + 1 :]
+    except ValueError:
+        raw = []
+    if raw and raw[-1] == b"":
+        raw.pop()
+    try:
+        return [unquote_to_bytes(segment).decode() for segment in raw]
     except UnicodeDecodeError:
         raise errors.NotFoundError("The requested resource was not found: the path is not UTF-8") from None
+
+
+def _route(segments: list[str], method: str) -> tuple[Handler, list[str]]:
+    pattern, params = _match(segments)
     methods = ROUTES[pattern]
     if method not in methods:
         raise errors.SyncError("Method not allowed", code=20004, status=405)
     return methods[method], params
+
+
+def _match(segments: list[str]) -> tuple[tuple[str | None, ...], list[str]]:
+    """The route pattern of ``segments`` and its path parameters (see the module docstring)."""
+    if len(segments) > 4 and segments[0] == "Services" and segments[2] == "Documents":
+        service, rest = segments[1], segments[3:]
+        if rest[-1] == "Permissions":
+            return _PERMISSIONS, [service, "/".join(rest[:-1])]
+        if len(rest) >= 3 and rest[-2] == "Permissions":
+            return _PERMISSION, [service, "/".join(rest[:-2]), rest[-1]]
+        return _DOCUMENT, [service, "/".join(rest)]
+    pattern = _SHAPES.get(len(segments))
+    if pattern is None or any(p is not None and p != s for p, s in zip(pattern, segments, strict=True)):
+        raise errors.NotFoundError(f"The requested resource /v1/{'/'.join(segments)} was not found")
+    return pattern, [s for p, s in zip(pattern, segments, strict=True) if p is None]
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

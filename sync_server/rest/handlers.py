@@ -70,8 +70,7 @@ def _service_settings(form: dict[str, str]) -> dict[str, str]:
         settings["friendly_name"] = name
     if "WebhookUrl" in form:
         url = form["WebhookUrl"]
-        parts = urlsplit(url)
-        if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+        if url and not _is_http_url(url):
             raise errors.ValidationError("Invalid WebhookUrl: it must be an absolute http or https URL")
         settings["webhook_url"] = url
     for field, stored in _BOOLEAN_FIELDS.items():
@@ -85,6 +84,14 @@ def _service_settings(form: dict[str, str]) -> dict[str, str]:
             )
         settings["reachability_debouncing_window"] = str(window)
     return settings
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1": urlsplit raises on a broken IPv6 host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _boolean(field: str, value: str) -> bool:

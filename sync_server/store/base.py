@@ -63,7 +63,8 @@ class DocumentStore(Protocol):
         """Removes due documents of every service and publishes their ``removed`` events.
 
         Safe to run from any number of processes at once: each expiry is published exactly once.
-        One round trip per service.
+        One round trip per service. A document whose hash vanished before its indexed expiry (an
+        operator's PEXPIRE, volatile-* eviction) is found by a sampled audit of the expiry index.
         """
         ...
 

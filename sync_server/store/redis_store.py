@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +27,12 @@ from sync_server.validation import MAX_DATA_BYTES, check_data_size
 T = TypeVar("T")
 
 DEFAULT_ALIAS = "default"
+SWEEP_CONCURRENCY = 8
+"""Services swept at once (see :meth:`RedisStore.sweep_expired`)."""
+SWEEP_AUDIT = 10
+"""Expiry-index entries per service that each sweep samples for a vanished document hash: small,
+because every process sweeps every service several times a second, and the case is rare (an
+operator's EXPIRE, or volatile-* eviction)."""
 SERVICE_DEFAULTS: dict[str, str] = {
     "friendly_name": "",
     "unique_name": "",
@@ -56,6 +62,8 @@ class RedisStore:
         self._scripts = ScriptRunner(redis)
 
     async def close(self) -> None:
+        # Both connections: the scripts run on their own multiplexed one (store/scripts.py).
+        await self._scripts.aclose()
         await self.redis.aclose()
 
     async def ping(self) -> bool:
@@ -164,18 +172,40 @@ class RedisStore:
         return Document.from_reply(service_sid, reply[1:])
 
     async def sweep_expired(self, limit: int = 500) -> int:
+        """One sweep of every service (see lua/expire_sweep.lua), ``SWEEP_CONCURRENCY`` at a time.
+
+        The bound matters: the sweep shares its Redis connections with request handling. On
+        redis-py's pool, whose asyncio flavour raises ``MaxConnectionsError`` rather than waiting,
+        an unbounded gather over more services than the pool holds made concurrent requests fail
+        with 503; on a multiplexed connection it would queue every service's script ahead of them.
+        """
         try:
-            services = await self.redis.zrange(keys.SERVICE_INDEX, 0, -1)
+            services = cast("list[bytes]", await self.redis.zrange(keys.SERVICE_INDEX, 0, -1))
         except (RedisConnectionError, RedisTimeoutError, OSError):
             return 0
-        counts = await asyncio.gather(
-            *(self._run_in_sweep(sid.decode(), limit) for sid in services), return_exceptions=True
-        )
-        return sum(c for c in counts if isinstance(c, int))
+        removed = 0
+        failure: BaseException | None = None
+        for start in range(0, len(services), SWEEP_CONCURRENCY):
+            batch = services[start : start + SWEEP_CONCURRENCY]
+            counts = await asyncio.gather(
+                *(self._sweep_service(sid.decode(), limit) for sid in batch), return_exceptions=True
+            )
+            for count in counts:
+                if isinstance(count, BaseException):
+                    # One failing service must not stop the others; the first bug is still raised.
+                    if not isinstance(count, errors.UnavailableError):
+                        failure = failure or count
+                else:
+                    removed += count
+        if failure is not None:
+            raise failure
+        return removed
 
-    async def _run_in_sweep(self, service_sid: str, limit: int) -> int:
+    async def _sweep_service(self, service_sid: str, limit: int) -> int:
         count: int = await self._run(
-            "expire_sweep", [keys.service_key(service_sid)], [keys.service_prefix(service_sid), limit]
+            "expire_sweep",
+            [keys.service_key(service_sid)],
+            [keys.service_prefix(service_sid), limit, SWEEP_AUDIT],
         )
         return count
 
@@ -204,7 +234,10 @@ class RedisStore:
         return _service(sid, reply[1:])
 
     async def fetch_service(self, service_sid: str) -> Service:
-        flat = await self._guard(lambda: self.redis.hgetall(keys.service_key(service_sid)))
+        flat = cast(
+            "dict[bytes, bytes]",
+            await self._guard(lambda: self.redis.hgetall(keys.service_key(service_sid))),
+        )
         if not flat and service_sid == self.default_service_sid:
             return await self.ensure_default_service()
         if not flat:
@@ -233,28 +266,30 @@ class RedisStore:
     async def list_services(self, *, after: int | None, before: int | None, size: int) -> Page[Service]:
         """Two round trips: the index page, then the services (pipelined). Entries whose service is
         gone (a crash between indexing and creating) are skipped."""
+        rows: list[tuple[bytes, float]]
         if before is not None:
-            rows = await self._guard(
+            newest_first = await self._guard(
                 lambda: self.redis.zrevrangebyscore(
                     keys.SERVICE_INDEX, f"({before}", "-inf", start=0, num=size + 1, withscores=True
                 )
             )
-            rows = list(reversed(rows))
+            rows = list(reversed(cast("list[tuple[bytes, float]]", newest_first)))
             more = len(rows) > size
             rows = rows[-size:] if more else rows
         else:
             low = "-inf" if after is None else f"({after}"
-            rows = await self._guard(
+            oldest_first = await self._guard(
                 lambda: self.redis.zrangebyscore(
                     keys.SERVICE_INDEX, low, "+inf", start=0, num=size + 1, withscores=True
                 )
             )
+            rows = cast("list[tuple[bytes, float]]", oldest_first)
             more = len(rows) > size
             rows = rows[:size]
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, _ in rows:
                 pipe.hgetall(keys.service_key(sid.decode()))
-            maps = await self._guard(pipe.execute)
+            maps = cast("list[dict[bytes, bytes]]", await self._guard(pipe.execute))
         items: list[Service] = []
         cursors: list[int] = []
         for (sid, score), flat in zip(rows, maps, strict=True):

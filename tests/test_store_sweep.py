@@ -1,0 +1,144 @@
+"""The expiry sweep at the store level (lua/expire_sweep.lua), on a Redis of this module's own so
+that no real server's sweeper races the counts.
+
+Expiry is simulated two ways: a document whose index time is due (``ZADD`` a past score, the hash
+still there, as just after the TTL passed) and a document whose hash vanished before its index
+time (``PEXPIRE 1``, as an operator or volatile-* eviction would do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from sync_server.store import keys
+from sync_server.store.redis_store import SWEEP_AUDIT, RedisStore
+from tests.support.processes import TEST_ACCOUNT_SID, RedisProcess, start_redis
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    proc = start_redis(tmp_path_factory.mktemp("sweep-redis"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def own_store(own_redis: RedisProcess) -> AsyncIterator[RedisStore]:
+    store = RedisStore(Redis.from_url(own_redis.url), TEST_ACCOUNT_SID)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def raw(own_redis: RedisProcess) -> AsyncIterator[Redis]:
+    r = Redis.from_url(own_redis.url)
+    yield r
+    await r.aclose()
+
+
+async def new_service(store: RedisStore) -> str:
+    return (await store.create_service({})).sid
+
+
+async def listen(raw: Redis, service: str) -> Any:
+    pubsub = raw.pubsub()
+    await pubsub.psubscribe(keys.document_channel(service, "*"))
+    confirmation = await pubsub.get_message(timeout=2.0)
+    assert confirmation is not None and confirmation["type"] == "psubscribe"
+    return pubsub
+
+
+async def drain(pubsub: Any, quiet: float = 0.3) -> list[dict[str, Any]]:
+    """Events until none arrives for ``quiet`` seconds."""
+    found: list[dict[str, Any]] = []
+    while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=quiet)) is not None:
+        found.append(json.loads(message["data"]))
+    return found
+
+
+async def test_many_concurrent_sweepers_publish_each_expiry_once(
+    own_store: RedisStore, own_redis: RedisProcess, raw: Redis
+) -> None:
+    service = await new_service(own_store)
+    due = [await own_store.create_document(service, f"due-{i}", b"{}", 3600, "system") for i in range(10)]
+    vanished = [
+        await own_store.create_document(service, f"gone-{i}", b"{}", 3600, "system") for i in range(10)
+    ]
+    kept = await own_store.create_document(service, "kept", b"{}", 3600, "system")
+    prefix = keys.service_prefix(service)
+    await raw.zadd(prefix + "expiry", {f"{d.sid}:{d.unique_name}": 1 for d in due})
+    for doc in vanished:
+        await raw.pexpire(keys.document_key(service, doc.sid), 1)
+    await asyncio.sleep(0.01)
+    pubsub = await listen(raw, service)
+    stores = [RedisStore(Redis.from_url(own_redis.url), TEST_ACCOUNT_SID) for _ in range(5)]
+    try:
+        counts = await asyncio.gather(*(s.sweep_expired() for s in stores))
+        received = await drain(pubsub)
+    finally:
+        await pubsub.aclose()
+        for s in stores:
+            await s.close()
+    assert sum(counts) == 20
+    assert sorted(e["sid"] for e in received) == sorted(d.sid for d in due + vanished)
+    assert {e["why"] for e in received} == {"expired"}
+    # Revisions: known while the hash was still there, unknown once it had vanished.
+    assert {e["r"] for e in received if e["n"].startswith("due")} == {0}
+    assert {e["r"] for e in received if e["n"].startswith("gone")} == {None}
+    assert await raw.zrange(prefix + "docs", 0, -1) == [kept.sid.encode()]
+    assert await raw.hkeys(prefix + "names") == [b"kept"]
+    assert await raw.zrange(prefix + "expiry", 0, -1) == [f"{kept.sid}:kept".encode()]
+
+
+async def test_sweep_limit_leaves_the_rest_for_the_next_sweep(own_store: RedisStore, raw: Redis) -> None:
+    service = await new_service(own_store)
+    docs = [await own_store.create_document(service, None, b"{}", 3600, "system") for _ in range(5)]
+    prefix = keys.service_prefix(service)
+    await raw.zadd(prefix + "expiry", {f"{d.sid}:": 1 for d in docs})
+    assert await own_store.sweep_expired(limit=2) == 2
+    assert await raw.zcard(prefix + "docs") == 3
+    assert await own_store.sweep_expired(limit=2) == 2
+    assert await own_store.sweep_expired(limit=2) == 1
+    assert await own_store.sweep_expired(limit=2) == 0
+    assert await raw.zcard(prefix + "docs") == 0
+
+
+async def test_vanished_document_in_a_large_index_is_found(own_store: RedisStore, raw: Redis) -> None:
+    # More entries than one audit samples: the vanished one is found within a few sweeps.
+    service = await new_service(own_store)
+    docs = [
+        await own_store.create_document(service, None, b"{}", 3600, "system") for _ in range(SWEEP_AUDIT + 50)
+    ]
+    victim = docs[len(docs) // 2]
+    await raw.pexpire(keys.document_key(service, victim.sid), 1)
+    await asyncio.sleep(0.01)
+    prefix = keys.service_prefix(service)
+    sweeps = 0
+    while await raw.zscore(prefix + "docs", victim.sid) is not None:
+        sweeps += 1
+        # Each sweep samples 100 of 150 entries: 30 misses in a row has odds below 1e-14.
+        assert sweeps <= 30
+        await own_store.sweep_expired()
+    assert await raw.zcard(prefix + "docs") == len(docs) - 1
+    assert await raw.zcard(prefix + "expiry") == len(docs) - 1
+
+
+async def test_sweep_ignores_documents_without_ttl_and_deleted_services(
+    own_store: RedisStore, raw: Redis
+) -> None:
+    service = await new_service(own_store)
+    forever = await own_store.create_document(service, "forever", b'{"a":1}', 0, "system")
+    assert await own_store.sweep_expired() == 0
+    assert (await own_store.fetch_document(service, "forever")).sid == forever.sid
+    doomed = await new_service(own_store)
+    await own_store.create_document(doomed, "x", b"{}", 3600, "system")
+    await own_store.delete_service(doomed)
+    await own_store.sweep_expired()
+    # The sweep must not bring back any key of a deleted service.
+    assert await raw.keys(keys.service_prefix(doomed) + "*") == []
