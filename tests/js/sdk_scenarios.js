@@ -1,0 +1,193 @@
+// Drives the unmodified official Twilio Sync JS SDK against this server.
+//
+//   node sdk_scenarios.js <scenario> <ws url of /v3/wsconnect> <json args>
+//
+// Prints one JSON line {"ok": true, ...} on success; any failure prints {"ok": false, "error": ...} and
+// exits 1. tests/test_twilsock_sdk.py runs each scenario with tokens it minted itself.
+'use strict';
+
+const { SyncClient } = require('twilio-sync');
+
+const [, , scenario, wsUrl, rawArgs] = process.argv;
+const args = JSON.parse(rawArgs || '{}');
+const clients = [];
+
+function client(token) {
+  const c = new SyncClient(token, { twilsock: { uri: wsUrl }, logLevel: process.env.SDK_LOG || 'silent' });
+  clients.push(c);
+  return c;
+}
+
+function waitFor(emitter, event, predicate = () => true, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), ms);
+    const listener = (value) => {
+      if (predicate(value)) {
+        clearTimeout(timer);
+        emitter.removeListener(event, listener);
+        resolve(value);
+      }
+    };
+    emitter.on(event, listener);
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Resolves once the document's subscription is established (so remote events will arrive).
+async function subscribed(doc) {
+  for (let i = 0; i < 200; i++) {
+    if (doc.syncDocumentImpl && doc.syncDocumentImpl.services.subscriptions.persisted.get(doc.sid)?.isEstablished) {
+      return;
+    }
+    await sleep(25);
+  }
+  throw new Error('subscription was not established');
+}
+
+const scenarios = {
+  // Two clients on one document see each other's set and update.
+  async setUpdate({ tokens, name }) {
+    const [a, b] = tokens.map(client);
+    const docA = await a.document(name);
+    const docB = await b.document(name);
+    await Promise.all([subscribed(docA), subscribed(docB)]);
+    const seenByB = waitFor(docB, 'updated', (e) => !e.isLocal);
+    await docA.set({ greeting: 'hello', n: 1 });
+    const first = await seenByB;
+    const seenByA = waitFor(docA, 'updated', (e) => !e.isLocal);
+    await docB.update({ n: 2, from: 'b' });
+    const second = await seenByA;
+    return { sid: docA.sid, same: docA.sid === docB.sid, b_saw: first.data, a_saw: second.data, revision: docA.revision };
+  },
+
+  // Concurrent mutate() increments from two clients all land (412 → re-read → retry in the SDK).
+  async mutate({ tokens, name, perClient }) {
+    const [a, b] = tokens.map(client);
+    const docA = await a.document({ id: name, data: { count: 0 } });
+    const docB = await b.document(name);
+    await Promise.all([subscribed(docA), subscribed(docB)]);
+    const bump = (doc) => doc.mutate((value) => ({ ...value, count: (value.count || 0) + 1 }));
+    const writes = [];
+    for (let i = 0; i < perClient; i++) {
+      writes.push(bump(docA), bump(docB));
+    }
+    await Promise.all(writes);
+    const total = perClient * 2;
+    const settled = (doc) =>
+      doc.data.count === total ? Promise.resolve() : waitFor(doc, 'updated', (e) => e.data.count === total);
+    await Promise.all([settled(docA), settled(docB)]);
+    return { a: docA.data.count, b: docB.data.count };
+  },
+
+  // removeDocument() on one client and TTL expiry both fire `removed` on the other.
+  async removed({ tokens, name, ttlName }) {
+    const [a, b] = tokens.map(client);
+    const docA = await a.document(name);
+    const docB = await b.document(name);
+    await subscribed(docB);
+    const removedOnB = waitFor(docB, 'removed');
+    await docA.removeDocument();
+    const removed = await removedOnB;
+
+    const expiring = await a.document({ id: ttlName, mode: 'create_new', data: { short: true }, ttl: 2 });
+    const watcher = await b.document({ id: ttlName, mode: 'open_existing' });
+    // No wait for the subscription here: whether the expiry comes as an event or as a failed
+    // (404) subscription, the document must emit `removed`.
+    const expired = await waitFor(watcher, 'removed', () => true, 8000);
+    return { removed_local: removed.isLocal, expired_local: expired.isLocal, expires: expiring.dateExpires };
+  },
+
+  // A REST write reaches the SDK subscriber; then the SDK writes (checked over REST by pytest).
+  async rest({ tokens, name, restUrl, auth }) {
+    const [a] = tokens.map(client);
+    const doc = await a.document(name);
+    await subscribed(doc);
+    const seen = waitFor(doc, 'updated', (e) => !e.isLocal);
+    const response = await fetch(restUrl, {
+      method: 'POST',
+      headers: {
+        Authorization: 'Basic ' + Buffer.from(auth).toString('base64'),
+        'Content-Type': 'application/x-www-form-urlencoded',
+      },
+      body: new URLSearchParams({ Data: JSON.stringify({ from: 'rest' }) }),
+    });
+    if (!response.ok) throw new Error(`REST write failed: ${response.status} ${await response.text()}`);
+    const update = await seen;
+    await doc.set({ from: 'sdk' });
+    return { sdk_saw: update.data, sid: doc.sid };
+  },
+
+  // Errors: a missing document, unsupported Lists, and If-Match conflicts come back as SDK errors.
+  async errors({ tokens, name }) {
+    const [a] = tokens.map(client);
+    const results = {};
+    try {
+      await a.document({ id: name, mode: 'open_existing' });
+    } catch (e) {
+      results.missing = { status: e.status, code: e.code };
+    }
+    try {
+      await a.list('some-list');
+    } catch (e) {
+      results.list = { status: e.status };
+    }
+    const doc = await a.document({ id: name, mode: 'create_new', data: { x: 1 } });
+    try {
+      await a.document({ id: name, mode: 'create_new' });
+    } catch (e) {
+      results.duplicate = { status: e.status, code: e.code };
+    }
+    await doc.set({ x: 2 });
+    results.data = (await a.document(name)).data;
+    return results;
+  },
+
+  // A short-lived token: tokenAboutToExpire, then either updateToken() keeps the session, or tokenExpired.
+  async expiring({ token, freshToken, name }) {
+    const c = client(token);
+    let expired = false;
+    c.on('tokenExpired', () => {
+      expired = true;
+    });
+    await waitFor(c, 'tokenAboutToExpire');
+    if (!freshToken) {
+      await waitFor(c, 'tokenExpired', () => true, 10000);
+      return { expired: true };
+    }
+    await c.updateToken(freshToken);
+    await sleep(5000); // past the first token's expiry
+    const doc = await c.document(name);
+    await doc.set({ still: 'here' });
+    return { expired, state: c.connectionState, data: doc.data };
+  },
+
+  // A refused token makes the client `denied`; an expired one also emits tokenExpired.
+  async badToken({ token, expectExpired }) {
+    const c = client(token);
+    let expired = false;
+    c.on('tokenExpired', () => {
+      expired = true;
+    });
+    const state = await waitFor(c, 'connectionStateChanged', (s) => s === 'denied' || s === 'connected');
+    await sleep(100);
+    return { state, expired, expectExpired };
+  },
+};
+
+async function main() {
+  const run = scenarios[scenario];
+  if (!run) throw new Error(`unknown scenario ${scenario}`);
+  const result = await run(args);
+  console.log(JSON.stringify({ ok: true, ...result }));
+}
+
+main()
+  .catch((error) => {
+    console.log(JSON.stringify({ ok: false, error: String(error && (error.stack || error)) }));
+    process.exitCode = 1;
+  })
+  .finally(async () => {
+    await Promise.allSettled(clients.map((c) => c.shutdown()));
+    process.exit();
+  });
