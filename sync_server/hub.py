@@ -77,7 +77,17 @@ class Hub:
             subscribers.add(subscriber)
             confirmed = self._confirmed.get(key)
             if confirmed is not None:  # another local subscriber's SUBSCRIBE is still in flight
-                await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
+                try:
+                    await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
+                except (TimeoutError, asyncio.CancelledError):
+                    task = asyncio.current_task()
+                    if (task is not None and task.cancelling()) or (
+                        confirmed.done() and not confirmed.cancelled()
+                    ):
+                        raise
+                    # That SUBSCRIBE failed or the pub/sub connection was reset meanwhile.
+                    self._drop(key, subscriber)
+                    raise errors.UnavailableError("The event stream is unavailable, try again") from None
             return
         self._channels[key] = {subscriber}
         confirmed = asyncio.get_running_loop().create_future()

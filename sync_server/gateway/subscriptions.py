@@ -55,6 +55,7 @@ class Subscriptions:
         self._deliver = deliver
         self._on_overflow = on_overflow
         self._by_sid: dict[str, _Subscription] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._by_sid)
@@ -95,7 +96,10 @@ class Subscriptions:
         self._deliver(event)
 
     def _release(self, sub: _Subscription) -> None:
-        asyncio.get_running_loop().create_task(self._hub.unsubscribe(sub.channel, self))
+        # on_event is synchronous, so the hub is left in a task; the set keeps it referenced.
+        task = asyncio.get_running_loop().create_task(self._hub.unsubscribe(sub.channel, self))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     # -- commands -----------------------------------------------------------------------------------
 

@@ -1,0 +1,215 @@
+"""REST write scenarios: writes/s and latency of 1 KiB document updates, with their baselines.
+
+- the sync server, ``--workers 1`` and ``2``: unconditional writes over 1000 documents, If-Match
+  writes over 1000 fresh documents, and unconditional writes to one hot document;
+- the bare Starlette endpoint (``baselines/bare_starlette.py``), same workers: the HTTP layer's ceiling;
+- ``redis-benchmark`` running the server's own ``doc_write`` script by EVALSHA with the same
+  arguments a REST write passes: the store's ceiling.
+
+Load comes from ``wrk`` (``wrk/write.lua``) with 64 connections, or ``loadgen.py`` without wrk.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from redis import Redis
+
+from bench import procs
+from bench.fleet_process import BenchError
+from sync_server.embedded import RedisProcess
+from sync_server.store import keys
+from sync_server.store.redis_store import default_service_sid
+from sync_server.store.scripts import load_scripts
+from sync_server.validation import MAX_DATA_BYTES
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "write.lua"
+
+
+@dataclass(frozen=True)
+class RestPlan:
+    seconds: float
+    connections: int = 64
+    documents: int = 1000
+    workers: tuple[int, ...] = (1, 2)
+    redis_requests: int = 300_000
+
+
+def document_data() -> bytes:
+    """A 1 KiB JSON object of mixed types, compact, as the server stores it."""
+    items = [{"id": i, "label": f"item-{i:03d}", "done": i % 3 == 0, "score": i * 1.5} for i in range(14)]
+    data: dict[str, Any] = {"title": "benchmark document", "owner": "bench", "items": items}
+    encoded = json.dumps(data, separators=(",", ":"))
+    data["pad"] = "x" * max(0, 1024 - len(encoded) - 9)
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def write_body(workdir: Path) -> Path:
+    path = workdir / "rest-body.txt"
+    path.write_text("Data=" + quote(document_data().decode(), safe=""))
+    return path
+
+
+def auth_b64() -> str:
+    return base64.b64encode(f"{procs.ACCOUNT_SID}:{procs.AUTH_TOKEN}".encode()).decode()
+
+
+def create_documents(port: int, prefix: str, count: int) -> None:
+    """``count`` documents named PREFIX + 12 digits (revision 0), over a few keep-alive connections."""
+    body_data = quote(document_data().decode(), safe="")
+    headers = {"Authorization": "Basic " + auth_b64(), "Content-Type": "application/x-www-form-urlencoded"}
+
+    def create(part: range) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for n in part:
+            conn.request(
+                "POST",
+                "/v1/Services/default/Documents",
+                f"UniqueName={prefix}{n:012d}&Data={body_data}",
+                headers,
+            )
+            response = conn.getresponse()
+            response.read()
+            if response.status != 201:
+                raise BenchError(f"creating {prefix}{n:012d}: HTTP {response.status}")
+        conn.close()
+
+    lanes = 8
+    with ThreadPoolExecutor(lanes) as pool:
+        list(pool.map(create, [range(i, count, lanes) for i in range(lanes)]))
+
+
+def generator() -> str:
+    """``wrk`` when installed, else ``loadgen.py``; BENCH_LOADGEN=python forces the fallback."""
+    if os.environ.get("BENCH_LOADGEN") == "python":
+        return "python"
+    return "wrk" if shutil.which("wrk") else "python"
+
+
+def load(port: int, mode: str, prefix: str, count: int, plan: RestPlan, workdir: Path) -> dict[str, Any]:
+    """One load run; returns writes/s and latency in ms. Any non-2xx or socket error is an error."""
+    body = workdir / "rest-body.txt"
+    if generator() == "wrk":
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{plan.connections}",
+            f"-d{max(1, round(plan.seconds))}s",
+            "-s",
+            str(WRK_SCRIPT),
+        ]
+        command += [f"http://127.0.0.1:{port}", "--", mode, prefix, str(count), auth_b64(), str(body), "1"]
+    else:
+        command = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--mode", mode]
+        command += ["--prefix", prefix, "--count", str(count), "--auth", auth_b64(), "--body", str(body)]
+        command += ["--connections", str(plan.connections), "--seconds", str(plan.seconds)]
+    output = subprocess.run(
+        command, capture_output=True, text=True, timeout=plan.seconds + 60, check=False, cwd=procs.ROOT
+    )
+    line = next((x for x in output.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise BenchError(f"load generator failed: {output.stdout[-500:]} {output.stderr[-500:]}")
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    if raw["non_2xx"] or raw["socket_errors"] or raw["bad"] or raw["timeouts"]:
+        raise BenchError(f"REST {mode} {prefix}: errors in load run: {raw}")
+    return {
+        "mode": mode,
+        "documents": count,
+        "writes_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6)),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "requests": raw["requests"],
+        "starved": raw["starved"],
+    }
+
+
+def run_server(redis: RedisProcess, workers: int, plan: RestPlan, workdir: Path) -> dict[str, Any]:
+    server = procs.SyncServer(workdir / f"rest-w{workers}", redis.url, workers=workers).start()
+    try:
+        # One fresh set of documents per run: If-Match runs start from the known revision 0.
+        create_documents(server.port, f"u{workers}x", plan.documents)
+        create_documents(server.port, f"c{workers}x", plan.documents)
+        create_documents(server.port, f"h{workers}x", 1)
+        results = [
+            load(server.port, "set", f"u{workers}x", plan.documents, plan, workdir),
+            load(server.port, "ifmatch", f"c{workers}x", plan.documents, plan, workdir),
+            {**load(server.port, "set", f"h{workers}x", 1, plan, workdir), "mode": "hot"},
+        ]
+    finally:
+        server.stop()
+    return {"workers": workers, "runs": results}
+
+
+def run_bare(workers: int, plan: RestPlan, workdir: Path) -> dict[str, Any]:
+    bare = procs.bare_starlette(workdir / f"bare-w{workers}", workers).start()
+    try:
+        # Two load runs per worker count: the first warms up, as the server's create calls do.
+        load(bare.port, "set", "b", plan.documents, RestPlan(seconds=min(2.0, plan.seconds)), workdir)
+        result = load(bare.port, "set", "b", plan.documents, plan, workdir)
+    finally:
+        bare.stop()
+    return {"workers": workers, **result}
+
+
+def run_redis_benchmark(redis: RedisProcess, prefix: str, plan: RestPlan) -> dict[str, Any]:
+    """``doc_write`` by EVALSHA with a REST update's arguments, 64 clients, documents in rotation."""
+    if shutil.which("redis-benchmark") is None:
+        return {"skipped": "redis-benchmark is not installed (apt-get install redis-tools)"}
+    assert redis.port is not None
+    script = load_scripts()["doc_write"]
+    service = default_service_sid(procs.ACCOUNT_SID)
+    client = Redis(host="127.0.0.1", port=redis.port)
+    client.script_load(script.source)
+    names = [f"{prefix}{n:012d}" for n in range(plan.documents)]
+    before = _revision_total(client, service, names)
+    command = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(redis.port), "-c", str(plan.connections)]
+    command += ["-n", str(plan.redis_requests), "-r", str(plan.documents), "--csv"]
+    command += ["EVALSHA", script.sha, "1", keys.service_key(service), keys.service_prefix(service)]
+    command += [prefix + "__rand_int__", "0", document_data().decode(), "set", "", "", str(MAX_DATA_BYTES)]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    written = _revision_total(client, service, names) - before
+    client.close()
+    rows = [line for line in output.stdout.splitlines() if line.startswith('"EVALSHA')]
+    if not rows or written != plan.redis_requests:
+        raise BenchError(
+            f"redis-benchmark: {written} of {plan.redis_requests} writes landed: {output.stdout[-300:]}"
+        )
+    # The test name (the whole command) holds commas: the numbers are the last seven fields,
+    # rps, avg, min, p50, p95, p99, max.
+    fields = [value.strip('"') for value in rows[-1].split(",")][-7:]
+    return {"writes_per_s": round(float(fields[0])), "p50_ms": float(fields[3]), "p99_ms": float(fields[5])}
+
+
+def _revision_total(client: Redis, service: str, names: list[str]) -> int:
+    prefix = keys.service_prefix(service)
+    sids = client.hmget(prefix + "names", names)
+    with client.pipeline(transaction=False) as pipe:
+        for sid in sids:
+            pipe.hget(prefix + "doc:" + sid.decode(), "r")
+        return sum(int(r) for r in pipe.execute())
+
+
+def run_rest(redis: RedisProcess, plan: RestPlan, workdir: Path) -> dict[str, Any]:
+    write_body(workdir)
+    servers = [run_server(redis, workers, plan, workdir) for workers in plan.workers]
+    bare = [run_bare(workers, plan, workdir) for workers in plan.workers]
+    store = run_redis_benchmark(redis, f"u{plan.workers[0]}x", plan)
+    return {
+        "generator": generator(),
+        "connections": plan.connections,
+        "server": servers,
+        "bare_starlette": bare,
+        "redis": store,
+    }
