@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sync_server import errors, redaction
 from sync_server.config import Settings
@@ -47,14 +47,20 @@ class SyncApp:
     tenth of a REST write's CPU) would add nothing on that path.
     """
 
-    def __init__(self, starlette: Starlette, rest: RestApi) -> None:
+    def __init__(self, starlette: Starlette, rest: RestApi, sockets: dict[str, ASGIApp]) -> None:
         self.starlette = starlette
         self.rest = rest
+        self.sockets = sockets
         self.state = starlette.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        kind = scope["type"]
+        if kind == "http" and scope["path"].startswith("/v1/"):
             await self.rest(scope, receive, send)
+        elif kind == "websocket" and scope["path"] in self.sockets:
+            # Straight to the endpoint: every idle connection would otherwise keep Starlette's
+            # middleware and routing frames alive in its task (a few KiB each).
+            await self.sockets[scope["path"]](scope, receive, send)
         else:
             await self.starlette(scope, receive, send)
 
@@ -132,7 +138,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     app.state.store = store
     app.state.hub = hub
     app.state.settings = settings
-    return SyncApp(app, rest)
+    return SyncApp(app, rest, {"/ws": native, "/v3/wsconnect": twilsock})
 
 
 async def _sweep_forever(store: RedisStore, interval: float) -> None:

@@ -8,7 +8,7 @@ coroutine or a task per connection (about a third of the CPU per delivery, see
 for a full write buffer to drain.
 
 Everything else (handshake, pings and their timeout, the closing handshake, size limits) is
-uvicorn's, unchanged.
+uvicorn's, unchanged, except the close code on shutdown (see :meth:`DirectWebSocketProtocol.shutdown`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+
+from protocol import CloseCode
 
 DIRECT_EXTENSION = "sync.direct"
 ABORT_AFTER_CLOSE = 2.0
@@ -29,6 +31,14 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             # The ASGI task is scheduled but has not run yet: it will see the extension.
             scope["extensions"][DIRECT_EXTENSION] = self
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response are only needed until the accept is written;
+            # kept, they are a few KiB per idle connection.
+            self.request = None  # type: ignore[assignment]
+            self.response = None  # type: ignore[assignment]
 
     @property
     def is_open(self) -> bool:
@@ -56,3 +66,19 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(ABORT_AFTER_CLOSE, self.transport.abort)
+
+    def shutdown(self) -> None:
+        """Closes an open websocket with 1001 when the server stops.
+
+        uvicorn sends 1012 ("service restart"), a code the protocol does not list, so clients would
+        wait out the long backoff of unknown codes; 1001 ("going away") is what the protocol documents
+        for shutdown and restart, and clients reconnect after it with the usual short backoff.
+        """
+        if self.close_sent or not self.handshake_complete:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": CloseCode.GOING_AWAY})
+        self.conn.send_close(CloseCode.GOING_AWAY)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
