@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.processes import TEST_ACCOUNT_SID, ServerProcess
+from tests.support.rest import documents, expect_error
 
 BASE = "http://testserver"
 TWILIO_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -31,21 +32,6 @@ DOCUMENT_FIELDS = {
     "date_updated",
     "created_by",
 }
-
-
-def expect_error(response: httpx.Response, status: int, code: int) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body == {
-        "code": code,
-        "message": body["message"],
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-def documents(service: str) -> str:
-    return f"/v1/Services/{service}/Documents"
 
 
 async def create(client: httpx.AsyncClient, service: str, **form: str) -> dict[str, Any]:

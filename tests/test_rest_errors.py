@@ -29,6 +29,7 @@ from tests.support.processes import (
     TEST_AUTH_TOKEN,
     ServerProcess,
 )
+from tests.support.rest import documents, expect_error
 
 ERROR_KEYS = {"code", "message", "more_info", "status"}
 MAX_DATA = 16 * 1024
@@ -41,24 +42,6 @@ def basic(user: str, secret: str) -> str:
 
 
 AUTH_HEADER = basic(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
-
-
-def expect_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body == {
-        "code": code,
-        "message": body["message"],
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-    assert isinstance(body["message"], str) and body["message"]
-    assert response.headers["content-type"] == "application/json"
-    return body
-
-
-def documents(service: str) -> str:
-    return f"/v1/Services/{service}/Documents"
 
 
 # -- raw ASGI calls ----------------------------------------------------------------------------------

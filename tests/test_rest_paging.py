@@ -12,23 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from tests.support.rest import documents, expect_error
+
 BASE = "http://testserver"
 META_FIELDS = {"first_page_url", "key", "next_page_url", "page", "page_size", "previous_page_url", "url"}
-
-
-def expect_error(response: httpx.Response, status: int, code: int) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body == {
-        "code": code,
-        "message": body["message"],
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-def documents(service: str) -> str:
-    return f"/v1/Services/{service}/Documents"
 
 
 async def create_many(client: httpx.AsyncClient, service: str, count: int) -> list[str]:

@@ -17,6 +17,7 @@ from sync_server.app import create_app
 from sync_server.config import Settings
 from sync_server.store.redis_store import default_service_sid
 from tests.support.processes import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
+from tests.support.rest import expect_error
 
 BASE = "http://testserver"
 TWILIO_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -38,17 +39,6 @@ SERVICE_FIELDS = {
     "links",
 }
 UNKNOWN_SERVICE = "IS" + "0" * 32
-
-
-def expect_error(response: httpx.Response, status: int, code: int) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body == {
-        "code": code,
-        "message": body["message"],
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
 
 
 async def subscribe(redis: Redis, channel: str) -> PubSub:

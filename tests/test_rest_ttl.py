@@ -20,23 +20,9 @@ from redis.asyncio.client import PubSub
 
 from sync_server.store.redis_store import RedisStore
 from tests.support.processes import TEST_ACCOUNT_SID, ServerProcess
+from tests.support.rest import documents, expect_error
 
 MAX_TTL = 31_536_000
-
-
-def expect_error(response: httpx.Response, status: int, code: int) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body == {
-        "code": code,
-        "message": body["message"],
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-def documents(service: str) -> str:
-    return f"/v1/Services/{service}/Documents"
 
 
 def parse_date(text: str) -> datetime:
