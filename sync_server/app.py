@@ -147,9 +147,14 @@ async def _sweep_forever(store: RedisStore, interval: float) -> None:
     Redis evicts expired keys lazily and keyspace notifications fire only on eviction, so timing
     must not depend on them: this loop bounds the delay of a ``removed`` event by ``interval``.
     """
+    task = asyncio.current_task()
     while True:
         try:
             await store.sweep_expired()
         except Exception:
             log.exception("expiry sweep failed")
+        # redis-py can swallow a cancellation that lands inside a command; without this check a
+        # shutdown would wait on this loop until the process is killed.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         await asyncio.sleep(interval)

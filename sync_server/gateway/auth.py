@@ -2,7 +2,8 @@
 
 Tokens come from the ``token`` query parameter, ``Authorization: Bearer …`` or ``X-Twilio-Token``.
 Basic credentials (the account or an API key, as for REST) act as the identity ``system`` unless
-``identity`` is given, on the service named by ``service`` (default: the default service).
+``identity`` is given, on the service named by ``service`` (default: the default service). With a
+token, ``service`` is optional and must name the token's own service (else 4403).
 Tokens are never logged and never echoed in errors.
 """
 
@@ -46,7 +47,11 @@ class SocketAuthenticator:
         if token is None and "x-twilio-token" in headers:
             token = headers["x-twilio-token"].decode("latin-1")
         if token is not None:
-            return self.verify_token(token)
+            authenticated = self.verify_token(token)
+            asked = query.get("service")
+            if asked is not None and self._core.service_for(asked) != authenticated.principal.service_sid:
+                raise errors.ForbiddenError("The access token does not grant access to this service")
+            return authenticated
         if authorization is None:
             raise errors.AuthenticationError("An access token or credentials are required")
         self._basic.check(authorization)
