@@ -141,7 +141,12 @@ class Hub:
                 await asyncio.sleep(0.5)
 
     async def _listen(self, pubsub: PubSub) -> None:
+        task = asyncio.current_task()
         while True:
+            # redis-py can swallow a cancellation that lands inside a read; without this check a
+            # shutdown could wait on this loop for ever.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             if not pubsub.subscribed:
                 # redis-py's PubSub cannot read before its first SUBSCRIBE: sleep until one is sent.
                 self._wake.clear()

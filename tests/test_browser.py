@@ -10,7 +10,6 @@ them the tests skip on a developer machine, but fail when ``CI`` is set: CI must
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from sync_server.tokens import mint_access_token
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS, missing_chromium
 from tests.support.processes import (
     TEST_ACCOUNT_SID,
     TEST_API_KEY_SECRET,
@@ -38,27 +38,12 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
     from playwright.sync_api._generated import LocatorAssertions
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # root in a container: the setuid sandbox is unavailable
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 TIMEOUT_MS = 10_000
 SCREENSHOT_COPY = Path("/tmp/demo.png")
 
 
 def _require_browser() -> None:
-    missing = []
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    missing = missing_chromium()
     if not missing:
         return
     message = "the browser test needs " + " and ".join(missing)

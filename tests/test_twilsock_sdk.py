@@ -1,55 +1,39 @@
 """The unmodified official Twilio Sync JS SDK (``tests/js``) against a real server process.
 
 Each test runs ``tests/js/sdk_scenarios.js`` with Node and tokens minted by the official ``twilio``
-library. Without Node or ``tests/js/node_modules`` (``npm ci --prefix tests/js``) the tests skip,
+library; the restart test reads the scenario's progress lines and takes its own server down and up
+between them. Without Node or ``tests/js/node_modules`` (``npm ci --prefix tests/js``) the tests skip,
 unless the ``CI`` variable is set: then they fail, so CI never silently loses them.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import queue
 import secrets
-import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
 import pytest
-from twilio.jwt.access_token import AccessToken
-from twilio.jwt.access_token.grants import SyncGrant
 
-from tests.support.processes import (
-    REPO_ROOT,
-    TEST_ACCOUNT_SID,
-    TEST_API_KEY_SECRET,
-    TEST_API_KEY_SID,
-    TEST_AUTH_TOKEN,
-    ServerProcess,
-)
+from tests.support.processes import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, RedisProcess, ServerProcess
+from tests.support.sdk import JS_DIR, access_token, missing_node_sdk, require
 
-JS_DIR = REPO_ROOT / "tests" / "js"
 SCRIPT = JS_DIR / "sdk_scenarios.js"
 AUTH = (TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
-
-
-def _node_missing() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (JS_DIR / "node_modules" / "twilio-sync").is_dir():
-        return "tests/js/node_modules is missing (run: npm ci --prefix tests/js)"
-    return None
+# The SDK's reconnect backoff starts at 1 s and doubles; on a loaded 2-core machine a restart plus a
+# few backoff steps can take a while, so the restart scenario waits generously.
+RECONNECT_MS = 90_000
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _require_node() -> None:
-    missing = _node_missing()
-    if missing is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"the JS SDK tests cannot run in CI: {missing}")
-    pytest.skip(missing)
+    require(missing_node_sdk(), "the JS SDK test")
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +49,13 @@ def name() -> Iterator[str]:
     yield "doc-" + secrets.token_hex(6)
 
 
-def token(service: str, identity: str, ttl: int = 600, *, expired: bool = False) -> str:
-    jwt = AccessToken(
-        TEST_ACCOUNT_SID,
-        TEST_API_KEY_SID,
-        TEST_API_KEY_SECRET,
-        identity=identity,
-        ttl=-600 if expired else ttl,
-    )
-    jwt.add_grant(SyncGrant(service_sid=service))
-    return str(jwt.to_jwt())
+def ws_url(server: ServerProcess) -> str:
+    return server.base_url.replace("http://", "ws://") + "/v3/wsconnect"
 
 
 def run_scenario(server: ServerProcess, scenario: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-    ws_url = server.base_url.replace("http://", "ws://") + "/v3/wsconnect"
     done = subprocess.run(
-        ["node", str(SCRIPT), scenario, ws_url, json.dumps(args)],
+        ["node", str(SCRIPT), scenario, ws_url(server), json.dumps(args)],
         cwd=JS_DIR,
         capture_output=True,
         text=True,
@@ -95,7 +70,7 @@ def run_scenario(server: ServerProcess, scenario: str, timeout: float = 30.0, **
 
 
 def test_two_clients_see_each_others_set_and_update(server: ServerProcess, service: str, name: str) -> None:
-    tokens = [token(service, "alice"), token(service, "bob")]
+    tokens = [access_token(service, "alice"), access_token(service, "bob")]
     result = run_scenario(server, "setUpdate", tokens=tokens, name=name)
     assert result["same"]
     assert result["b_saw"] == {"greeting": "hello", "n": 1}
@@ -106,7 +81,7 @@ def test_two_clients_see_each_others_set_and_update(server: ServerProcess, servi
 
 
 def test_concurrent_mutates_from_two_clients_all_land(server: ServerProcess, service: str, name: str) -> None:
-    tokens = [token(service, "alice"), token(service, "bob")]
+    tokens = [access_token(service, "alice"), access_token(service, "bob")]
     result = run_scenario(server, "mutate", tokens=tokens, name=name, perClient=5)
     assert result == {"a": 10, "b": 10}
     rest = httpx.get(f"{server.base_url}/v1/Services/{service}/Documents/{name}", auth=AUTH).json()
@@ -116,7 +91,7 @@ def test_concurrent_mutates_from_two_clients_all_land(server: ServerProcess, ser
 def test_remove_and_ttl_expiry_fire_removed_on_the_other_client(
     server: ServerProcess, service: str, name: str
 ) -> None:
-    tokens = [token(service, "alice"), token(service, "bob")]
+    tokens = [access_token(service, "alice"), access_token(service, "bob")]
     result = run_scenario(server, "removed", tokens=tokens, name=name, ttlName=name + "-ttl")
     assert result["removed_local"] is False
     assert result["expired_local"] is False
@@ -128,7 +103,7 @@ def test_rest_and_sdk_writes_reach_each_other(server: ServerProcess, service: st
     result = run_scenario(
         server,
         "rest",
-        tokens=[token(service, "alice")],
+        tokens=[access_token(service, "alice")],
         name=name,
         restUrl=rest_url,
         auth=f"{TEST_ACCOUNT_SID}:{TEST_AUTH_TOKEN}",
@@ -140,7 +115,7 @@ def test_rest_and_sdk_writes_reach_each_other(server: ServerProcess, service: st
 
 
 def test_errors_come_back_as_sdk_errors(server: ServerProcess, service: str, name: str) -> None:
-    result = run_scenario(server, "errors", tokens=[token(service, "alice")], name=name)
+    result = run_scenario(server, "errors", tokens=[access_token(service, "alice")], name=name)
     assert result["missing"] == {"status": 404, "code": 54100}
     assert result["list"]["status"] == 404
     assert result["duplicate"]["status"] == 409
@@ -154,13 +129,13 @@ def test_a_bad_token_is_denied(server: ServerProcess, service: str) -> None:
 
 
 def test_an_expired_token_emits_token_expired(server: ServerProcess, service: str) -> None:
-    result = run_scenario(server, "badToken", token=token(service, "alice", expired=True))
+    result = run_scenario(server, "badToken", token=access_token(service, "alice", expired=True))
     assert result["state"] == "denied"
     assert result["expired"] is True
 
 
 def test_short_lived_token_warns_then_expires(server: ServerProcess, service: str) -> None:
-    result = run_scenario(server, "expiring", token=token(service, "alice", ttl=3))
+    result = run_scenario(server, "expiring", token=access_token(service, "alice", ttl=3))
     assert result == {"expired": True}
 
 
@@ -168,8 +143,130 @@ def test_update_token_keeps_the_session(server: ServerProcess, service: str, nam
     result = run_scenario(
         server,
         "expiring",
-        token=token(service, "alice", ttl=3),
-        freshToken=token(service, "alice"),
+        token=access_token(service, "alice", ttl=3),
+        freshToken=access_token(service, "alice"),
         name=name,
     )
     assert result == {"expired": False, "state": "connected", "data": {"still": "here"}}
+
+
+class LiveScenario:
+    """A scenario running in the background; :meth:`wait_for` reads its ``{"phase": ...}`` lines."""
+
+    def __init__(self, server: ServerProcess, scenario: str, stderr_path: Path, **args: Any) -> None:
+        self.server = server
+        self.stderr_path = stderr_path
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        with stderr_path.open("w") as stderr:
+            self.process = subprocess.Popen(
+                ["node", str(SCRIPT), scenario, ws_url(server), json.dumps(args)],
+                cwd=JS_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        assert self.process.stdout is not None
+        threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True).start()
+
+    def _read(self, stdout: IO[str]) -> None:
+        for line in stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, phase: str, timeout: float) -> dict[str, Any]:
+        """The next line of ``phase`` (``"result"`` for the final one); fails on an earlier result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {phase!r} from the scenario within {timeout:g}s\n{self._logs()}")
+            if line is None:
+                pytest.fail(f"the scenario exited before {phase!r}\n{self._logs()}")
+            if not line.startswith("{"):
+                continue
+            message: dict[str, Any] = json.loads(line)
+            if "ok" in message:
+                assert message.pop("ok"), f"{message.get('error')}\n{self._logs()}"
+                assert phase == "result", f"the scenario ended before {phase!r}: {message}"
+                return message
+            if message.get("phase") == phase:
+                return message
+
+    def _logs(self) -> str:
+        stderr = self.stderr_path.read_text(errors="replace")[-2000:]
+        return f"{stderr}\n{self.server.log_tail()}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def rest_write(server: ServerProcess, url_path: str, data: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(
+        f"{server.base_url}{url_path}", data={"Data": json.dumps(data)}, auth=AUTH, timeout=30.0
+    )
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+@pytest.mark.parametrize("crash", [True, False], ids=["killed", "stopped"])
+def test_the_client_reconnects_and_catches_up_after_a_server_restart(
+    redis_proc: RedisProcess, tmp_path: Path, service: str, name: str, crash: bool
+) -> None:
+    """The SDK reconnects by itself, re-establishes its subscription and gets what it missed.
+
+    One write goes through a second server on the same Redis while the SDK's server is down (only a
+    replay can deliver it); another right after the restart (a replay or a live event, whichever
+    comes first). Either way the client must end on the last one, firing ``updated``.
+    """
+    doc_path = f"/v1/Services/{service}/Documents/{name}"
+    main = ServerProcess(tmp_path / "main", redis_url=redis_proc.url)
+    other = ServerProcess(tmp_path / "other", redis_url=redis_proc.url)
+    expected = {"after": "restart", "n": 2}
+    scenario: LiveScenario | None = None
+    try:
+        main.start()
+        other.start()
+        scenario = LiveScenario(
+            main,
+            "restart",
+            tmp_path / "node.stderr",
+            tokens=[access_token(service, "alice")],
+            name=name,
+            expected=expected,
+            restUrl=f"{main.base_url}{doc_path}",
+            auth=f"{TEST_ACCOUNT_SID}:{TEST_AUTH_TOKEN}",
+            reconnectMs=RECONNECT_MS,
+        )
+        assert scenario.wait_for("subscribed", 60)["revision"] == "0"
+        if crash:
+            main.kill()  # no close frame: the SDK sees the TCP connection drop
+        else:
+            main.stop()  # SIGTERM: uvicorn closes the websocket as it shuts down
+        assert scenario.wait_for("lost", 30)["state"] != "connected"
+        missed = rest_write(other, doc_path, {"while": "down", "n": 1})
+        main.start()
+        last = rest_write(main, doc_path, expected)
+        result = scenario.wait_for("result", RECONNECT_MS / 1000 + 30)
+    finally:
+        if scenario is not None:
+            scenario.close()
+        main.stop()
+        other.stop()
+
+    assert (missed["revision"], last["revision"]) == ("1", "2")
+    assert result["caught_up"] == {"data": expected, "isLocal": False, "revision": "2"}
+    assert {"data": expected, "isLocal": False, "revision": "2"} in result["updates"]
+    assert all(not update["isLocal"] for update in result["updates"])
+    # connected, then something else while the server is away ("connecting", and the raw "retrying"
+    # the SDK passes on for each failed attempt), then connected again; never denied nor given up.
+    states = result["states"]
+    first = states.index("connected")
+    assert any(state != "connected" for state in states[first:]), states
+    assert states[-1] == "connected", states
+    assert "denied" not in states and "disconnected" not in states, states
+    assert result["final"] == {"data": {"live": True}, "revision": "3", "state": "connected"}

@@ -3,9 +3,11 @@
 //   node sdk_scenarios.js <scenario> <ws url of /v3/wsconnect> <json args>
 //
 // Prints one JSON line {"ok": true, ...} on success; any failure prints {"ok": false, "error": ...} and
-// exits 1. tests/test_twilsock_sdk.py runs each scenario with tokens it minted itself.
+// exits 1. Interactive scenarios print {"phase": ...} lines before it, at which pytest acts (kills the
+// server, writes…). tests/test_twilsock_sdk.py runs each scenario with tokens it minted itself.
 'use strict';
 
+const { isDeepStrictEqual } = require('node:util');
 const { SyncClient } = require('twilio-sync');
 
 const [, , scenario, wsUrl, rawArgs] = process.argv;
@@ -33,6 +35,24 @@ function waitFor(emitter, event, predicate = () => true, ms = 10000) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Tells pytest that the scenario reached `phase` (one JSON line; the last line is the result).
+function report(phase, details = {}) {
+  console.log(JSON.stringify({ phase, ...details }));
+}
+
+async function restWrite(restUrl, auth, data) {
+  const response = await fetch(restUrl, {
+    method: 'POST',
+    headers: {
+      Authorization: 'Basic ' + Buffer.from(auth).toString('base64'),
+      'Content-Type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ Data: JSON.stringify(data) }),
+  });
+  if (!response.ok) throw new Error(`REST write failed: ${response.status} ${await response.text()}`);
+  return response.json();
+}
 
 // Resolves once the document's subscription is established (so remote events will arrive).
 async function subscribed(doc) {
@@ -104,18 +124,42 @@ const scenarios = {
     const doc = await a.document(name);
     await subscribed(doc);
     const seen = waitFor(doc, 'updated', (e) => !e.isLocal);
-    const response = await fetch(restUrl, {
-      method: 'POST',
-      headers: {
-        Authorization: 'Basic ' + Buffer.from(auth).toString('base64'),
-        'Content-Type': 'application/x-www-form-urlencoded',
-      },
-      body: new URLSearchParams({ Data: JSON.stringify({ from: 'rest' }) }),
-    });
-    if (!response.ok) throw new Error(`REST write failed: ${response.status} ${await response.text()}`);
+    await restWrite(restUrl, auth, { from: 'rest' });
     const update = await seen;
     await doc.set({ from: 'sdk' });
     return { sdk_saw: update.data, sid: doc.sid };
+  },
+
+  // A server restart: once this reports `subscribed`, pytest takes the server down, writes through REST
+  // while it is down and again once it is back. The client must reconnect by itself, re-establish its
+  // subscription with its last_event_id and end with `expected`; then a live write must still arrive.
+  async restart({ tokens, name, expected, restUrl, auth, reconnectMs }) {
+    const [a] = tokens.map(client);
+    const states = [];
+    a.on('connectionStateChanged', (state) => states.push(state));
+    const doc = await a.document(name);
+    await subscribed(doc);
+    const updates = [];
+    doc.on('updated', (e) => updates.push({ data: e.data, isLocal: e.isLocal, revision: doc.revision }));
+    const lost = waitFor(a, 'connectionStateChanged', (state) => state !== 'connected', reconnectMs);
+    // Listening before pytest writes, so that neither a replay nor a live event can slip by.
+    const caughtUp = waitFor(doc, 'updated', (e) => isDeepStrictEqual(e.data, expected), reconnectMs);
+    const back = waitFor(a, 'connectionStateChanged', (state) => state === 'connected', reconnectMs);
+    report('subscribed', { revision: doc.revision });
+    await lost;
+    report('lost', { state: a.connectionState });
+    const [update] = await Promise.all([caughtUp, back]);
+    const caughtUpRevision = doc.revision;
+    await subscribed(doc);
+    const live = waitFor(doc, 'updated', (e) => isDeepStrictEqual(e.data, { live: true }));
+    await restWrite(restUrl, auth, { live: true });
+    await live;
+    return {
+      states,
+      updates,
+      caught_up: { data: update.data, isLocal: update.isLocal, revision: caughtUpRevision },
+      final: { data: doc.data, revision: doc.revision, state: a.connectionState },
+    };
   },
 
   // Errors: a missing document, unsupported Lists, and If-Match conflicts come back as SDK errors.
