@@ -29,6 +29,10 @@ SHARED_PEER = Path(
 PEER_DIR = Path(__file__).resolve().parent / "results" / "sharedb-peer"
 
 
+def peer_available() -> bool:
+    return (SHARED_PEER / "server.js").is_file()
+
+
 def prepare_peer() -> Path:
     """Copies the peer's scripts next to the results (once, or when they changed) and returns the folder."""
     if not (SHARED_PEER / "server.js").is_file():
