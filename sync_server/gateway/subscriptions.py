@@ -108,26 +108,34 @@ class Subscriptions:
 
         The caller must write its reply and call :meth:`activate` without awaiting in between.
         """
-        first = await self._core.fetch(self._principal, ident)
-        existing = self._by_sid.get(first.sid)
+        # By SID no lookup is needed first: the snapshot read after the hub subscription both checks
+        # that the document exists and is the snapshot (one round trip for a resubscribe by SID).
+        first: Document | None = None
+        sid = ident
+        if not is_sid(ident, DOCUMENT_PREFIX):
+            first = await self._core.fetch(self._principal, ident)
+            sid = first.sid
+        existing = self._by_sid.get(sid)
         if existing is not None:
+            current = first or await self._core.fetch(self._principal, sid)
             if existing.pending is None:
-                existing.revision = max(existing.revision, first.revision)
-            return first
+                existing.revision = max(existing.revision, current.revision)
+            return current
         if len(self._by_sid) >= self._limit:
             raise errors.SyncError(
                 f"Too many subscriptions on this connection (limit {self._limit})", code=20429, status=429
             )
-        channel = keys.document_channel(self._principal.service_sid, first.sid)
-        sub = _Subscription(first.sid, first.unique_name, channel)
-        self._by_sid[first.sid] = sub
+        channel = keys.document_channel(self._principal.service_sid, sid)
+        sub = _Subscription(sid, None, channel)
+        self._by_sid[sid] = sub
         try:
             await self._hub.subscribe(channel, self)
-            snapshot = await self._core.fetch(self._principal, first.sid)
+            snapshot = await self._core.fetch(self._principal, sid)
         except BaseException:
-            self._by_sid.pop(first.sid, None)
+            self._by_sid.pop(sid, None)
             await self._hub.unsubscribe(channel, self)
             raise
+        sub.unique_name = snapshot.unique_name
         sub.revision = snapshot.revision
         return snapshot
 
