@@ -43,14 +43,13 @@ from protocol import (
     encode_reply,
 )
 from sync_server import errors
-from sync_server.config import Limits
-from sync_server.core import SyncCore, document_wire, event_document_wire
+from sync_server.core import document_wire, event_document_wire
 from sync_server.events import DocumentEvent
-from sync_server.gateway.auth import Authenticated, SocketAuthenticator
+from sync_server.gateway.auth import Authenticated
+from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
 from sync_server.gateway.outbox import outbox_for
 from sync_server.gateway.subscriptions import Subscriptions
-from sync_server.hub import Hub
 from sync_server.tokens import AccessTokenExpired
 from sync_server.validation import normalize_revision
 
@@ -79,14 +78,8 @@ def close_code_for(error: errors.SyncError) -> int:
     return CloseCode.INVALID_TOKEN
 
 
-class NativeEndpoint:
+class NativeEndpoint(SocketEndpoint):
     """The ASGI app of ``/ws``."""
-
-    def __init__(self, core: SyncCore, hub: Hub, authenticator: SocketAuthenticator, limits: Limits) -> None:
-        self.core = core
-        self.hub = hub
-        self.authenticator = authenticator
-        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)

@@ -22,16 +22,15 @@ from starlette.websockets import WebSocket
 
 from protocol import CloseCode, RateLimiter
 from sync_server import errors
-from sync_server.config import Limits
-from sync_server.core import Principal, SyncCore
+from sync_server.core import Principal
 from sync_server.events import DocumentEvent
 from sync_server.gateway import twilsock_codec as codec
 from sync_server.gateway import twilsock_routes as routes
-from sync_server.gateway.auth import Authenticated, SocketAuthenticator
+from sync_server.gateway.auth import Authenticated
+from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
 from sync_server.gateway.outbox import outbox_for
 from sync_server.gateway.subscriptions import Subscriptions
-from sync_server.hub import Hub
 from sync_server.store.models import Document
 
 log = logging.getLogger(__name__)
@@ -55,14 +54,8 @@ def build_event_frame(event: DocumentEvent) -> OutFrame:
     return out_frame(codec.notification(routes.DOCUMENT_MESSAGE_TYPE, body), binary=True)
 
 
-class TwilsockEndpoint:
+class TwilsockEndpoint(SocketEndpoint):
     """The ASGI app of ``/v3/wsconnect``."""
-
-    def __init__(self, core: SyncCore, hub: Hub, authenticator: SocketAuthenticator, limits: Limits) -> None:
-        self.core = core
-        self.hub = hub
-        self.authenticator = authenticator
-        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
