@@ -74,7 +74,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
         found.append(
             (f"p99 delivery latency at 20/s, N={big} (< 25 ms)", _get(slow, "latencyMs", "p99"), 25.0, True)
         )
-    rest = results.get("rest", {})
+    rest = results.get("rest") or {}
     bare = {b["workers"]: b["writes_per_s"] for b in rest.get("bare_starlette", [])}
     for server in rest.get("server", []):
         writes = next(r["writes_per_s"] for r in server["runs"] if r["mode"] == "set")

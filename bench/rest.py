@@ -177,6 +177,8 @@ def run_redis_benchmark(redis: RedisProcess, prefix: str, plan: RestPlan) -> dic
     command = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(redis.port), "-c", str(plan.connections)]
     command += ["-n", str(plan.redis_requests), "-r", str(plan.documents), "--csv"]
     command += ["EVALSHA", script.sha, "1", keys.service_key(service), keys.service_prefix(service)]
+    # The principal (unrestricted, REST's system identity, no endpoint), then the document's arguments.
+    command += ["", "system", ""]
     command += [prefix + "__rand_int__", "0", document_data().decode(), "set", "", "", str(MAX_DATA_BYTES)]
     output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     written = _revision_total(client, service, names) - before

@@ -42,6 +42,7 @@ from protocol.messages import (
     Set,
     SetTtl,
     Subscribe,
+    SubscriptionEnded,
     TokenExpiring,
     Unsubscribe,
     Update,
@@ -335,6 +336,13 @@ def encode_event(event: Event) -> bytes:
             "revision": event.revision,
             "reason": event.reason,
         }
+    elif isinstance(event, SubscriptionEnded):
+        body = {
+            "event": SubscriptionEnded.event,
+            "sid": event.sid,
+            "unique_name": event.unique_name,
+            "error": {"code": event.code, "message": event.message, "status": event.status},
+        }
     elif isinstance(event, Connected):
         body = {
             "event": Connected.event,
@@ -399,6 +407,15 @@ def _decode_event(r: _Reader) -> Event:
             unique_name=r.opt_str("unique_name"),
             revision=r.opt_str("revision"),
             reason=reason,
+        )
+    if name == SubscriptionEnded.event:
+        error = _Reader(r.req_object("error"), None)
+        return SubscriptionEnded(
+            sid=r.req_str("sid"),
+            unique_name=r.opt_str("unique_name"),
+            code=error.req_int("code"),
+            message=error.opt_str("message") or "",
+            status=error.req_int("status"),
         )
     if name == Connected.event:
         return Connected(

@@ -5,7 +5,7 @@ Three kinds of frame travel, all JSON text:
 - **commands**, client → server: an ``id`` (echoed in the reply) and an ``op``; one class per op;
 - **replies**, server → client: :class:`Reply` (``ok: true`` + result fields) or :class:`ErrorReply`;
 - **events**, server → client pushes without an ``id``: :class:`Connected`, :class:`Updated`,
-  :class:`Removed`, :class:`TokenExpiring`.
+  :class:`Removed`, :class:`SubscriptionEnded`, :class:`TokenExpiring`.
 
 Nothing here touches the wire: :mod:`protocol.codec` turns frames into these objects and back.
 """
@@ -39,6 +39,7 @@ __all__ = [
     "Set",
     "SetTtl",
     "Subscribe",
+    "SubscriptionEnded",
     "TokenExpiring",
     "Unsubscribe",
     "Update",
@@ -246,6 +247,19 @@ class Removed:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionEnded:
+    """The server ended a subscription while the document lives on: the client may no longer read it
+    (access control, code 54007). Resubscribing fails the same way until a read right is granted."""
+
+    event: ClassVar[str] = "subscription_ended"
+    sid: str
+    unique_name: str | None
+    code: int
+    message: str
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
 class TokenExpiring:
     """The access token expires in ``expires_in`` seconds: send ``update_token`` before it does."""
 
@@ -253,5 +267,5 @@ class TokenExpiring:
     expires_in: int
 
 
-Event: TypeAlias = Connected | Updated | Removed | TokenExpiring
+Event: TypeAlias = Connected | Updated | Removed | SubscriptionEnded | TokenExpiring
 ServerMessage: TypeAlias = Reply | ErrorReply | Event

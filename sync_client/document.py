@@ -112,7 +112,15 @@ class SyncDocument:
 
     def _apply(self, wire: Mapping[str, Any], previous_revision: str | None = None) -> None:
         """Takes ``wire`` if it is newer than what is held, and fires ``updated``."""
-        if self._ended or int(wire["revision"], 16) <= int(self.revision, 16):
+        if self._ended:
+            return
+        revision, held_revision = int(wire["revision"], 16), int(self.revision, 16)
+        if revision == held_revision:
+            # A TTL-only write keeps the revision: only the expiry moved, and no event is due.
+            expires = wire.get("date_expires")
+            self.date_expires = None if expires is None else parse_date(expires)
+            return
+        if revision < held_revision:
             return
         held = self.revision
         self._load(wire)

@@ -1,4 +1,5 @@
-"""The composition root: builds the concrete store, the REST API and (later) the gateways.
+"""The composition root: builds the concrete store, the document service, the REST API and the
+websocket gateways.
 
 ``create_app()`` is what uvicorn imports in every worker process (``factory=True``); settings come
 from ``SYNC_*`` environment variables (see config.py and cli.py).
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sync_server import errors, redaction
 from sync_server.config import Settings
-from sync_server.core import SyncCore
+from sync_server.documents import DocumentService
 from sync_server.gateway.auth import SocketAuthenticator
 from sync_server.gateway.native import NativeEndpoint
 from sync_server.gateway.twilsock import TwilsockEndpoint
@@ -74,21 +75,21 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         socket_connect_timeout=2,
     )
     store = RedisStore(redis, settings.account_sid)
+    documents = DocumentService(store)
     auth = BasicAuth(
         [(settings.account_sid, settings.auth_token), (settings.api_key_sid, settings.api_key_secret)]
     )
     rest = RestApi(
-        store,
+        documents,
         auth,
         RestConfig(settings.account_sid, settings.public_url, settings.limits.max_body_bytes),
     )
 
     hub = Hub(redis)
-    core = SyncCore(store)
     api_keys = {settings.api_key_sid: settings.api_key_secret} if settings.api_key_secret else {}
-    authenticator = SocketAuthenticator(core, TokenVerifier(settings.account_sid, api_keys), auth)
-    native = NativeEndpoint(core, hub, authenticator, settings.limits)
-    twilsock = TwilsockEndpoint(core, hub, authenticator, settings.limits)
+    authenticator = SocketAuthenticator(documents, TokenVerifier(settings.account_sid, api_keys), auth)
+    native = NativeEndpoint(documents, hub, authenticator, settings.limits)
+    twilsock = TwilsockEndpoint(documents, hub, authenticator, settings.limits)
 
     async def healthz(request: Request) -> Response:
         if await store.ping():
@@ -124,7 +125,6 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
-            Mount("/v1", app=rest),
             WebSocketRoute("/ws", native),
             # The official Twilio Sync JS SDK (Twilsock V3.0).
             WebSocketRoute("/v3/wsconnect", twilsock),
@@ -136,8 +136,6 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         exception_handlers={404: not_found, 405: not_found},
     )
     app.state.store = store
-    app.state.hub = hub
-    app.state.settings = settings
     return SyncApp(app, rest, {"/ws": native, "/v3/wsconnect": twilsock})
 
 

@@ -53,10 +53,6 @@ class Hub:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
-    @property
-    def channel_count(self) -> int:
-        return len(self._channels)
-
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen_forever(), name="hub-listener")
 

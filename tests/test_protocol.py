@@ -110,6 +110,7 @@ def test_public_api_is_pinned() -> None:
             "Set",
             "SetTtl",
             "Subscribe",
+            "SubscriptionEnded",
             "TokenExpiring",
             "Unsubscribe",
             "Update",

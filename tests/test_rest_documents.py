@@ -227,8 +227,12 @@ async def test_revision_is_a_hex_counter(client: httpx.AsyncClient, service: str
     fetched = await client.get(url)
     assert fetched.json()["revision"] == "14"
     assert fetched.json()["data"] == {"i": 20}
-    # A TTL-only update is a write too.
-    assert (await client.post(url, data={"Ttl": "100"})).json()["revision"] == "15"
+    # A TTL-only update moves the expiry alone: the revision, data and date_updated stay.
+    ttl_only = (await client.post(url, data={"Ttl": "100"})).json()
+    assert ttl_only["revision"] == "14"
+    assert ttl_only["data"] == {"i": 20}
+    assert ttl_only["date_updated"] == fetched.json()["date_updated"]
+    assert ttl_only["date_expires"] is not None
 
 
 @pytest.mark.parametrize("if_match", ["1", '"1"', "ff", '"abc"'])

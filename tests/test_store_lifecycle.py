@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
+from sync_server.principal import Principal
 from sync_server.store.redis_store import RedisStore
 from tests.support.processes import TEST_ACCOUNT_SID, RedisProcess, start_redis
 
@@ -26,7 +27,7 @@ async def test_close_releases_every_connection(own_redis: RedisProcess) -> None:
         store = RedisStore(Redis.from_url(own_redis.url), TEST_ACCOUNT_SID)
         # A script call (the multiplexed connection) and a plain command (redis-py's pool).
         service = await store.create_service({})
-        await store.create_document(service.sid, "x", b"{}", 0, "system")
+        await store.create_document(Principal.system(service.sid), "x", b"{}", 0)
         await store.fetch_service(service.sid)
         assert len(await observer.client_list()) > baseline
         await store.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from sync_server.principal import Principal
 from sync_server.store import keys
 from sync_server.store.redis_store import SWEEP_AUDIT, RedisStore
 from tests.support.processes import TEST_ACCOUNT_SID, RedisProcess, start_redis
@@ -66,11 +67,14 @@ async def test_many_concurrent_sweepers_publish_each_expiry_once(
     own_store: RedisStore, own_redis: RedisProcess, raw: Redis
 ) -> None:
     service = await new_service(own_store)
-    due = [await own_store.create_document(service, f"due-{i}", b"{}", 3600, "system") for i in range(10)]
-    vanished = [
-        await own_store.create_document(service, f"gone-{i}", b"{}", 3600, "system") for i in range(10)
+    due = [
+        await own_store.create_document(Principal.system(service), f"due-{i}", b"{}", 3600) for i in range(10)
     ]
-    kept = await own_store.create_document(service, "kept", b"{}", 3600, "system")
+    vanished = [
+        await own_store.create_document(Principal.system(service), f"gone-{i}", b"{}", 3600)
+        for i in range(10)
+    ]
+    kept = await own_store.create_document(Principal.system(service), "kept", b"{}", 3600)
     prefix = keys.service_prefix(service)
     await raw.zadd(prefix + "expiry", {f"{d.sid}:{d.unique_name}": 1 for d in due})
     for doc in vanished:
@@ -98,7 +102,7 @@ async def test_many_concurrent_sweepers_publish_each_expiry_once(
 
 async def test_sweep_limit_leaves_the_rest_for_the_next_sweep(own_store: RedisStore, raw: Redis) -> None:
     service = await new_service(own_store)
-    docs = [await own_store.create_document(service, None, b"{}", 3600, "system") for _ in range(5)]
+    docs = [await own_store.create_document(Principal.system(service), None, b"{}", 3600) for _ in range(5)]
     prefix = keys.service_prefix(service)
     await raw.zadd(prefix + "expiry", {f"{d.sid}:": 1 for d in docs})
     assert await own_store.sweep_expired(limit=2) == 2
@@ -113,7 +117,8 @@ async def test_vanished_document_in_a_large_index_is_found(own_store: RedisStore
     # More entries than one audit samples: the vanished one is found within a few sweeps.
     service = await new_service(own_store)
     docs = [
-        await own_store.create_document(service, None, b"{}", 3600, "system") for _ in range(SWEEP_AUDIT + 50)
+        await own_store.create_document(Principal.system(service), None, b"{}", 3600)
+        for _ in range(SWEEP_AUDIT + 50)
     ]
     victim = docs[len(docs) // 2]
     await raw.pexpire(keys.document_key(service, victim.sid), 1)
@@ -133,11 +138,11 @@ async def test_sweep_ignores_documents_without_ttl_and_deleted_services(
     own_store: RedisStore, raw: Redis
 ) -> None:
     service = await new_service(own_store)
-    forever = await own_store.create_document(service, "forever", b'{"a":1}', 0, "system")
+    forever = await own_store.create_document(Principal.system(service), "forever", b'{"a":1}', 0)
     assert await own_store.sweep_expired() == 0
-    assert (await own_store.fetch_document(service, "forever")).sid == forever.sid
+    assert (await own_store.fetch_document(Principal.system(service), "forever")).sid == forever.sid
     doomed = await new_service(own_store)
-    await own_store.create_document(doomed, "x", b"{}", 3600, "system")
+    await own_store.create_document(Principal.system(doomed), "x", b"{}", 3600)
     await own_store.delete_service(doomed)
     await own_store.sweep_expired()
     # The sweep must not bring back any key of a deleted service.

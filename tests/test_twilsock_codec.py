@@ -9,7 +9,7 @@ from sync_server import errors
 from sync_server.events import DocumentEvent
 from sync_server.gateway import twilsock_codec as codec
 from sync_server.gateway import twilsock_routes as routes
-from sync_server.gateway.twilsock import build_event_frame
+from sync_server.gateway.twilsock import TwilsockSession
 from sync_server.store.models import Document
 
 SID = "ET" + "0" * 32
@@ -84,7 +84,8 @@ def test_token_refusal_carries_the_twilio_error_code() -> None:
     frame = codec.decode_frame(codec.reply("TM5", 401, description="expired", error_code=20104))
     assert frame.header["status"] == {
         "code": 401,
-        "status": "Unauthorized",
+        # The transport status is spelled as the status's name: the SDK compares "UNAUTHORIZED".
+        "status": "UNAUTHORIZED",
         "errorCode": 20104,
         "description": "expired",
     }
@@ -133,7 +134,7 @@ def test_descriptor_maps_revision_to_last_event_id() -> None:
 
 def test_event_frames() -> None:
     updated = DocumentEvent("updated", SERVICE, SID, None, 3, b'{"b":2}', date_updated=0)
-    frame = codec.decode_frame(build_event_frame(updated).payload)
+    frame = codec.decode_frame(TwilsockSession.build_event_frame(updated).payload)
     assert frame.header["message_type"] == "com.twilio.rtd.cds.document"
     assert codec.json_payload(frame) == {
         "event_type": "document_updated",
@@ -146,5 +147,5 @@ def test_event_frames() -> None:
         },
     }
     removed = DocumentEvent("removed", SERVICE, SID, None, None, reason="expired")
-    body = codec.json_payload(codec.decode_frame(build_event_frame(removed).payload))
+    body = codec.json_payload(codec.decode_frame(TwilsockSession.build_event_frame(removed).payload))
     assert body == {"event_type": "document_removed", "event": {"document_sid": SID}}

@@ -1,9 +1,11 @@
 """Who a websocket client is: an access token (browsers, apps) or Basic credentials (backends).
 
 Tokens come from the ``token`` query parameter, ``Authorization: Bearer …`` or ``X-Twilio-Token``.
-Basic credentials (the account or an API key, as for REST) act as the identity ``system`` unless
-``identity`` is given, on the service named by ``service`` (default: the default service). With a
-token, ``service`` is optional and must name the token's own service (else 4403).
+Basic credentials (the account or an API key, as for REST) make a system principal, never restricted
+by access control, acting as the identity ``system`` unless ``identity`` is given, on the service
+named by ``service`` (default: the default service). A token makes a client principal, restricted by
+the service's access control; ``service`` is then optional and must name the token's own service
+(else 4403).
 Tokens are never logged and never echoed in errors.
 """
 
@@ -15,12 +17,11 @@ from urllib.parse import parse_qsl
 from starlette.types import Scope
 
 from sync_server import errors
-from sync_server.core import Principal, SyncCore
+from sync_server.documents import DocumentService
+from sync_server.principal import SYSTEM_IDENTITY, Principal
 from sync_server.rest.auth import BasicAuth
 from sync_server.tokens import AccessGrant, TokenVerifier
 from sync_server.validation import check_identity
-
-SYSTEM_IDENTITY = "system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +32,8 @@ class Authenticated:
 
 
 class SocketAuthenticator:
-    def __init__(self, core: SyncCore, verifier: TokenVerifier, basic: BasicAuth) -> None:
-        self._core = core
+    def __init__(self, documents: DocumentService, verifier: TokenVerifier, basic: BasicAuth) -> None:
+        self._documents = documents
         self._verifier = verifier
         self._basic = basic
 
@@ -49,16 +50,20 @@ class SocketAuthenticator:
         if token is not None:
             authenticated = self.verify_token(token)
             asked = query.get("service")
-            if asked is not None and self._core.service_for(asked) != authenticated.principal.service_sid:
+            if (
+                asked is not None
+                and self._documents.service_sid(asked) != authenticated.principal.service_sid
+            ):
                 raise errors.ForbiddenError("The access token does not grant access to this service")
             return authenticated
         if authorization is None:
             raise errors.AuthenticationError("An access token or credentials are required")
         self._basic.check(authorization)
         identity = check_identity(query.get("identity", SYSTEM_IDENTITY))
-        service_sid = self._core.service_for(query.get("service"))
-        return Authenticated(Principal(identity, service_sid), None)
+        service_sid = self._documents.service_sid(query.get("service"))
+        return Authenticated(Principal.system(service_sid, identity), None)
 
     def verify_token(self, token: str) -> Authenticated:
         grant = self._verifier.verify(token)
-        return Authenticated(Principal(grant.identity, self._core.service_for(grant.service_sid)), grant)
+        service_sid = self._documents.service_sid(grant.service_sid)
+        return Authenticated(Principal.client(grant.identity, service_sid), grant)

@@ -1,20 +1,19 @@
-"""The native websocket protocol endpoint (``/ws``): a thin adapter between ``protocol`` and the core.
+"""The native websocket protocol endpoint (``/ws``): a thin adapter between ``protocol`` and the
+document service.
 
-One :class:`NativeSession` per connection reads commands in order, answers each with a reply that
-echoes its ``id``, and relays its subscriptions' events. Every frame to the client, replies included,
-goes through the connection's bounded :class:`~sync_server.gateway.outbox.Outbox`, which keeps the
-order of replies and events and never lets a slow client hold up the hub.
+One :class:`NativeSession` per connection reads commands in order and answers each with a reply that
+echoes its ``id``; the session core (``session.py``) relays its subscriptions' events. Every frame to
+the client, replies included, goes through the connection's bounded outbox, which keeps the order of
+replies and events and never lets a slow client hold up the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
-import time
 from typing import Any
 
+import orjson
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -22,6 +21,7 @@ from protocol import (
     CloseCode,
     Command,
     Connected,
+    DocumentWire,
     Fetch,
     Open,
     Ping,
@@ -32,10 +32,12 @@ from protocol import (
     Set,
     SetTtl,
     Subscribe,
+    SubscriptionEnded,
     TokenExpiring,
     Unsubscribe,
     Update,
     Updated,
+    UpdatedDocumentWire,
     UpdateToken,
     decode_command,
     encode_error,
@@ -43,31 +45,16 @@ from protocol import (
     encode_reply,
 )
 from sync_server import errors
-from sync_server.core import document_wire, event_document_wire
+from sync_server.dates import format_optional, format_timestamp
 from sync_server.events import DocumentEvent
-from sync_server.gateway.auth import Authenticated
 from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
-from sync_server.gateway.outbox import outbox_for
-from sync_server.gateway.subscriptions import Subscriptions
+from sync_server.gateway.session import Session
+from sync_server.store.models import Document
 from sync_server.tokens import AccessTokenExpired
 from sync_server.validation import normalize_revision
 
 log = logging.getLogger(__name__)
-
-PROTOCOL_NAME = "native"
-TOKEN_WARNING_SECONDS = 60
-
-
-def build_event_frame(event: DocumentEvent) -> OutFrame:
-    """The native frame of a document event; built once per event and process (see events.py)."""
-    if event.kind == "updated":
-        payload = encode_event(Updated(document=event_document_wire(event)))
-    else:
-        revision = None if event.revision is None else format(event.revision, "x")
-        reason: Any = event.reason
-        payload = encode_event(Removed(event.sid, event.unique_name, revision, reason))
-    return out_frame(payload)
 
 
 def close_code_for(error: errors.SyncError) -> int:
@@ -76,6 +63,11 @@ def close_code_for(error: errors.SyncError) -> int:
     if isinstance(error, errors.ForbiddenError):
         return CloseCode.FORBIDDEN
     return CloseCode.INVALID_TOKEN
+
+
+def wire_code(error: errors.SyncError) -> int:
+    """The sockets say 54100 for a missing document (REST says 20404)."""
+    return error.socket_code if isinstance(error, errors.DocumentNotFound) else error.code
 
 
 class NativeEndpoint(SocketEndpoint):
@@ -91,87 +83,67 @@ class NativeEndpoint(SocketEndpoint):
             await websocket.close(code=close_code_for(exc), reason=exc.message[:120])
             return
         await websocket.accept()
-        session = NativeSession(websocket, self, auth)
+        session = NativeSession(websocket, self)
+        session.authenticated(auth)
         await session.run()
 
 
-class NativeSession:
-    def __init__(self, websocket: WebSocket, endpoint: NativeEndpoint, auth: Authenticated) -> None:
-        limits = endpoint.limits
-        self.websocket = websocket
-        self.core = endpoint.core
-        self.authenticator = endpoint.authenticator
-        self.auth = auth
-        self.limits = limits
-        self.outbox = outbox_for(websocket, limits.max_buffered_bytes)
-        self.subscriptions = Subscriptions(
-            endpoint.hub,
-            endpoint.core,
-            auth.principal,
-            limits.max_subscriptions,
-            self._deliver,
-            self._too_slow,
-        )
-        rate = limits.max_commands_per_second
-        # Over the soft limit a command is refused (54009); far over it the connection is closed.
+class NativeSession(Session):
+    protocol_name = "native"
+
+    def __init__(self, websocket: WebSocket, endpoint: SocketEndpoint) -> None:
+        super().__init__(websocket, endpoint)
+        rate = self.limits.max_commands_per_second
+        # Over this soft limit a command is refused (54009); far over it (the session core's limit)
+        # the connection is closed.
         self.limiter = RateLimiter(rate, burst=rate)
-        self.hard_limiter = RateLimiter(rate * 2, burst=rate * 2)
-        self.timers: list[asyncio.TimerHandle] = []
 
     # -- frames out -------------------------------------------------------------------------------
 
-    def _deliver(self, event: DocumentEvent) -> None:
-        self.outbox.send(event.frame(PROTOCOL_NAME, build_event_frame))
-
-    def _too_slow(self) -> None:
-        self.outbox.close(CloseCode.TOO_SLOW, "too slow: events were not read fast enough")
+    @staticmethod
+    def build_event_frame(event: DocumentEvent) -> OutFrame:
+        if event.kind == "updated":
+            payload = encode_event(Updated(document=event_document_wire(event)))
+        else:
+            revision = None if event.revision is None else format(event.revision, "x")
+            reason: Any = event.reason
+            payload = encode_event(Removed(event.sid, event.unique_name, revision, reason))
+        return out_frame(payload)
 
     def reply(self, command_id: Any, result: dict[str, Any]) -> None:
         self.outbox.send(out_frame(encode_reply(command_id, result)))
 
     def reply_error(self, command_id: Any, error: errors.SyncError) -> None:
-        code = error.socket_code if isinstance(error, errors.DocumentNotFound) else error.code
-        self.outbox.send(out_frame(encode_error(command_id, code, error.message, error.status)))
+        self.outbox.send(out_frame(encode_error(command_id, wire_code(error), error.message, error.status)))
 
-    # -- the session ------------------------------------------------------------------------------
+    def push(self, event: Connected | SubscriptionEnded | TokenExpiring) -> None:
+        self.outbox.send(out_frame(encode_event(event)))
 
-    async def run(self) -> None:
-        principal = self.auth.principal
-        connection_id = "CN" + secrets.token_hex(16)
-        self.outbox.send(
-            out_frame(encode_event(Connected(principal.identity, principal.service_sid, connection_id)))
-        )
-        self._schedule_token_timers()
-        loop = asyncio.get_running_loop()
+    def on_started(self) -> None:
+        principal = self.principal
+        self.push(Connected(principal.identity, principal.service_sid, self.endpoint_id))
+
+    def on_token_expiring(self, expires_in: int) -> None:
+        self.push(TokenExpiring(expires_in))
+
+    def on_token_expired(self) -> None:
+        self.outbox.close(CloseCode.TOKEN_EXPIRED, "access token expired")
+
+    def on_revoked(self, sid: str, unique_name: str | None) -> None:
+        error = errors.ForbiddenError("The read permission on this document was revoked")
+        self.push(SubscriptionEnded(sid, unique_name, error.code, error.message, error.status))
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def handle(self, data: str | bytes) -> None:
+        if not self.allow_requests():
+            return
+        rate_ok = self.limiter.allow(asyncio.get_running_loop().time())
         try:
-            while not self.outbox.closed:
-                message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                frame = message.get("text")
-                if frame is None:
-                    frame = message.get("bytes")
-                if frame is None:
-                    continue
-                if len(frame) > self.limits.max_frame_bytes:
-                    self.outbox.close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
-                    break
-                now = loop.time()
-                if not self.hard_limiter.allow(now):
-                    self.outbox.close(CloseCode.RATE_LIMITED, "command rate far over the limit")
-                    break
-                await self.handle(frame, rate_ok=self.limiter.allow(now))
-        finally:
-            for timer in self.timers:
-                timer.cancel()
-            await self.subscriptions.close()
-            await self.outbox.aclose()
-
-    async def handle(self, frame: str | bytes, *, rate_ok: bool = True) -> None:
-        try:
-            command = decode_command(frame)
+            command = decode_command(data)
         except ProtocolError as exc:
-            self.reply_error(exc.command_id, errors.SyncError(exc.message, code=exc.code, status=exc.status))
+            # The protocol package has its own error type (it imports nothing from the server).
+            self.outbox.send(out_frame(encode_error(exc.command_id, exc.code, exc.message, exc.status)))
             return
         if not rate_ok:
             self.reply_error(command.id, errors.RateLimited("Too many commands: slow down"))
@@ -185,34 +157,29 @@ class NativeSession:
             self.reply_error(command.id, errors.SyncError("Internal server error"))
 
     async def dispatch(self, command: Command) -> None:
-        principal = self.auth.principal
+        who = self.principal
         if isinstance(command, Open):
-            doc, created = await self.core.open(
-                principal,
-                name=command.name,
-                sid=command.sid,
-                mode=command.mode,
-                data=command.data,
-                ttl=command.ttl,
+            doc, created = await self.documents.open(
+                who, name=command.name, sid=command.sid, mode=command.mode, data=command.data, ttl=command.ttl
             )
             if command.subscribe:
-                doc = await self.subscriptions.subscribe(doc.sid)
-            self.reply(command.id, {"document": document_wire(doc), "created": created})
-            self.subscriptions.activate(doc.sid)
-        elif isinstance(command, Subscribe):
-            doc = await self.subscriptions.subscribe(command.doc)
-            if command.revision is not None and _same_revision(command.revision, doc.revision_text):
-                self.reply(command.id, {"unchanged": True, "revision": doc.revision_text, "sid": doc.sid})
+                await self.subscribe_one(
+                    doc.sid,
+                    lambda snapshot: self.reply(
+                        command.id, {"document": document_wire(snapshot), "created": created}
+                    ),
+                )
             else:
-                self.reply(command.id, {"document": document_wire(doc)})
-            self.subscriptions.activate(doc.sid)
+                self.reply(command.id, {"document": document_wire(doc), "created": created})
+        elif isinstance(command, Subscribe):
+            await self.subscribe_one(command.doc, lambda snapshot: self._subscribed(command, snapshot))
         elif isinstance(command, Unsubscribe):
             self.reply(command.id, {"unsubscribed": await self.subscriptions.unsubscribe(command.doc)})
         elif isinstance(command, Fetch):
-            self.reply(command.id, {"document": document_wire(await self.core.fetch(principal, command.doc))})
+            self.reply(command.id, {"document": document_wire(await self.documents.fetch(who, command.doc))})
         elif isinstance(command, Set | Update):
-            doc = await self.core.write(
-                principal,
+            doc = await self.documents.write(
+                who,
                 command.doc,
                 data=command.data,
                 merge=isinstance(command, Update),
@@ -221,48 +188,53 @@ class NativeSession:
             )
             self.reply(command.id, {"document": document_wire(doc)})
         elif isinstance(command, SetTtl):
-            doc = await self.core.write(principal, command.doc, data=None, ttl=command.ttl)
+            doc = await self.documents.write(who, command.doc, data=None, ttl=command.ttl)
             self.reply(command.id, {"document": document_wire(doc)})
         elif isinstance(command, Remove):
-            doc = await self.core.remove(principal, command.doc)
+            doc = await self.documents.remove(who, command.doc)
             self.reply(command.id, {"sid": doc.sid})
         elif isinstance(command, UpdateToken):
-            self.reply(command.id, {"expires_at": self._update_token(command.token)})
+            self.reply(command.id, {"expires_at": self.renew_token(command.token).expires_at})
         elif isinstance(command, Ping):
             self.reply(command.id, {})
 
-    # -- tokens -----------------------------------------------------------------------------------
-
-    def _update_token(self, token: str) -> int:
-        fresh = self.authenticator.verify_token(token)
-        if fresh.principal != self.auth.principal or fresh.grant is None:
-            raise errors.AuthenticationError(
-                "The new token is for another identity or service", code=20103, status=401
+    def _subscribed(self, command: Subscribe, snapshot: Document) -> None:
+        if command.revision is not None and _same_revision(command.revision, snapshot.revision_text):
+            self.reply(
+                command.id, {"unchanged": True, "revision": snapshot.revision_text, "sid": snapshot.sid}
             )
-        self.auth = fresh
-        self._schedule_token_timers()
-        return fresh.grant.expires_at
+        else:
+            self.reply(command.id, {"document": document_wire(snapshot)})
 
-    def _schedule_token_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-        grant = self.auth.grant
-        if grant is None:
-            return
-        loop = asyncio.get_running_loop()
-        remaining = grant.expires_at - time.time()
-        warn_in = max(0.0, remaining - TOKEN_WARNING_SECONDS)
-        self.timers.append(loop.call_later(warn_in, self._warn_token, grant.expires_at))
-        self.timers.append(loop.call_later(max(0.0, remaining), self._token_expired))
 
-    def _warn_token(self, expires_at: int) -> None:
-        expires_in = max(0, int(expires_at - time.time()))
-        self.outbox.send(out_frame(encode_event(TokenExpiring(expires_in))))
+def document_wire(doc: Document) -> DocumentWire:
+    """The document as the native protocol carries it (data embedded as stored JSON text)."""
+    return {
+        "sid": doc.sid,
+        "unique_name": doc.unique_name,
+        "revision": doc.revision_text,
+        "data": orjson.Fragment(doc.data),
+        "date_created": format_timestamp(doc.date_created),
+        "date_updated": format_timestamp(doc.date_updated),
+        "date_expires": format_optional(doc.date_expires),
+        "created_by": doc.created_by,
+    }
 
-    def _token_expired(self) -> None:
-        with contextlib.suppress(Exception):
-            self.outbox.close(CloseCode.TOKEN_EXPIRED, "access token expired")
+
+def event_document_wire(event: DocumentEvent) -> UpdatedDocumentWire:
+    """The document of an ``updated`` event, with the revision it replaced."""
+    assert event.revision is not None and event.data is not None
+    return {
+        "sid": event.sid,
+        "unique_name": event.unique_name,
+        "revision": format(event.revision, "x"),
+        "previous_revision": format(event.revision - 1, "x") if event.revision > 0 else None,
+        "data": orjson.Fragment(event.data),
+        "date_created": format_timestamp(event.date_created),
+        "date_updated": format_timestamp(event.date_updated),
+        "date_expires": format_optional(event.date_expires),
+        "created_by": event.created_by,
+    }
 
 
 def _same_revision(client_revision: str, current: str) -> bool:

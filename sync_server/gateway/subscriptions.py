@@ -6,6 +6,11 @@ here), *then* read the snapshot. Events that arrive in between are held (``pendi
 adapter has written its subscribe reply and calls :meth:`Subscriptions.activate`; then those newer
 than the snapshot are delivered, the rest dropped. From there on an event is delivered only if its
 revision is above the last one delivered.
+
+Revocation: a ``revoked`` control event on a document's channel ends the subscription of a
+restricted principal it names (see :meth:`DocumentEvent.revokes`), in channel order, so no write
+published after the permission change reaches that subscriber. No permission is looked up per
+delivery: the check is the subscribe's own read (atomic with the read right in the store's script).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sync_server import errors
-from sync_server.core import Principal, SyncCore
+from sync_server.documents import DocumentService
 from sync_server.events import DocumentEvent
 from sync_server.hub import Hub
 from sync_server.ids import DOCUMENT_PREFIX, is_sid
+from sync_server.principal import Principal
 from sync_server.store import keys
 from sync_server.store.models import Document
 
@@ -42,27 +48,27 @@ class Subscriptions:
     def __init__(
         self,
         hub: Hub,
-        core: SyncCore,
+        documents: DocumentService,
         principal: Principal,
         limit: int,
         deliver: Callable[[DocumentEvent], None],
         on_overflow: Callable[[], None],
+        on_revoked: Callable[[str, str | None], None],
     ) -> None:
+        """``deliver`` gets each event to relay; ``on_overflow`` is called when the connection must
+        end (too slow, or events lost); ``on_revoked`` when access control ended a subscription."""
         self._hub = hub
-        self._core = core
+        self._documents = documents
         self._principal = principal
         self._limit = limit
         self._deliver = deliver
         self._on_overflow = on_overflow
+        self._on_revoked = on_revoked
         self._by_sid: dict[str, _Subscription] = {}
         self._releasing: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._by_sid)
-
-    def revision_of(self, sid: str) -> int | None:
-        sub = self._by_sid.get(sid)
-        return None if sub is None else sub.revision
 
     # -- hub.Subscriber -----------------------------------------------------------------------------
 
@@ -84,16 +90,26 @@ class Subscriptions:
         self._on_overflow()
 
     def _filter(self, sub: _Subscription, event: DocumentEvent) -> None:
-        if event.kind == "updated":
+        kind = event.kind
+        if kind == "updated":
             assert event.revision is not None
             if event.revision <= sub.revision:
                 return
             sub.revision = event.revision
+        elif kind == "revoked":
+            if not self._principal.restricted or not event.revokes(self._principal.identity):
+                return
+            self._end(sub)
+            self._on_revoked(sub.sid, sub.unique_name)
+            return
         else:
-            # The subscription ends with its document; the hub drops us lazily (see _release).
-            self._by_sid.pop(sub.sid, None)
-            self._release(sub)
+            self._end(sub)
         self._deliver(event)
+
+    def _end(self, sub: _Subscription) -> None:
+        # The hub drops us lazily (see _release): this runs inside its dispatch.
+        self._by_sid.pop(sub.sid, None)
+        self._release(sub)
 
     def _release(self, sub: _Subscription) -> None:
         # on_event is synchronous, so the hub is left in a task; the set keeps it referenced.
@@ -113,11 +129,11 @@ class Subscriptions:
         first: Document | None = None
         sid = ident
         if not is_sid(ident, DOCUMENT_PREFIX):
-            first = await self._core.fetch(self._principal, ident)
+            first = await self._documents.fetch(self._principal, ident)
             sid = first.sid
         existing = self._by_sid.get(sid)
         if existing is not None:
-            current = first or await self._core.fetch(self._principal, sid)
+            current = first or await self._documents.fetch(self._principal, sid)
             if existing.pending is None:
                 existing.revision = max(existing.revision, current.revision)
             return current
@@ -130,7 +146,7 @@ class Subscriptions:
         self._by_sid[sid] = sub
         try:
             await self._hub.subscribe(channel, self)
-            snapshot = await self._core.fetch(self._principal, sid)
+            snapshot = await self._documents.fetch(self._principal, sid)
         except BaseException:
             self._by_sid.pop(sid, None)
             await self._hub.unsubscribe(channel, self)

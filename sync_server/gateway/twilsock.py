@@ -1,57 +1,48 @@
 """The Twilsock V3.0 endpoint (``/v3/wsconnect``) for the official Twilio Sync JS SDK.
 
 A thin adapter: frames are decoded by ``twilsock_codec``, tunnelled HTTP requests are routed by
-``twilsock_routes`` and served by the same :class:`~sync_server.core.SyncCore` as the native
-protocol. The session starts with the SDK's ``init`` (which carries the token); then it answers
-``message`` requests in order and relays subscribed documents' events as ``notification`` frames.
-Every frame goes through the connection's bounded outbox, so replies and events keep their order.
+``twilsock_routes`` and served by the same document service as the native protocol, and the session
+core (``session.py``) runs the connection. The session starts with the SDK's ``init`` (which carries
+the token); then it answers ``message`` requests in order and relays subscribed documents' events as
+``notification`` frames. Every frame goes through the connection's bounded outbox, so replies and
+events keep their order.
 
 A request's failure is always an ``http_status`` in its reply, never a dropped socket.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from protocol import CloseCode, RateLimiter
+from protocol import CloseCode
 from sync_server import errors
-from sync_server.core import Principal
 from sync_server.events import DocumentEvent
 from sync_server.gateway import twilsock_codec as codec
 from sync_server.gateway import twilsock_routes as routes
-from sync_server.gateway.auth import Authenticated
 from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
-from sync_server.gateway.outbox import outbox_for
-from sync_server.gateway.subscriptions import Subscriptions
+from sync_server.gateway.session import Session, SubscribeResult
+from sync_server.principal import Principal
 from sync_server.store.models import Document
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_NAME = "twilsock"
-TOKEN_WARNING_SECONDS = 60
 INIT_TIMEOUT = 30.0
 # After refusing a token the client is given this long to close before the server does.
 DENIED_LINGER = 10.0
 # Give the client time to read a ``close`` message before the websocket itself closes.
 CLOSE_GRACE = 1.0
 DEFAULT_HOST = "cds.us1.twilio.com"
-SUBSCRIPTION_ANSWER = {"estimated_delivery_in_ms": 5000, "max_batch_size": 100}
+MAX_BATCH = 100
+"""Subscription requests one ``/v4/Subscriptions`` call may carry (what ``max_batch_size`` tells the SDK)."""
+SUBSCRIPTION_ANSWER = {"estimated_delivery_in_ms": 5000, "max_batch_size": MAX_BATCH}
 
 After = Callable[[], None]
-
-
-def build_event_frame(event: DocumentEvent) -> OutFrame:
-    """The notification of a document event; built once per event and process (see events.py)."""
-    body = routes.updated_body(event) if event.kind == "updated" else routes.removed_body(event.sid)
-    return out_frame(codec.notification(routes.DOCUMENT_MESSAGE_TYPE, body), binary=True)
 
 
 class TwilsockEndpoint(SocketEndpoint):
@@ -60,69 +51,48 @@ class TwilsockEndpoint(SocketEndpoint):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         await websocket.accept()
-        session = TwilsockSession(websocket, self)
-        await session.run()
+        await TwilsockSession(websocket, self).run()
 
 
-class TwilsockSession:
-    def __init__(self, websocket: WebSocket, endpoint: TwilsockEndpoint) -> None:
-        self.websocket = websocket
-        self.endpoint = endpoint
-        self.core = endpoint.core
-        self.limits = endpoint.limits
-        self.outbox = outbox_for(websocket, endpoint.limits.max_buffered_bytes)
-        self.auth: Authenticated | None = None
+class TwilsockSession(Session):
+    protocol_name = "twilsock"
+
+    def __init__(self, websocket: WebSocket, endpoint: SocketEndpoint) -> None:
+        super().__init__(websocket, endpoint)
         self.refused = False
-        self.subscriptions: Subscriptions | None = None
-        self.timers: list[asyncio.TimerHandle] = []
-        self.token_timers: list[asyncio.TimerHandle] = []
-        # Far over the native protocol's command rate the connection is closed, as there. (No soft
-        # limit: the SDK treats a refused transport frame as a connection problem, not a slow-down.)
-        rate = endpoint.limits.max_commands_per_second * 2
-        self.hard_limiter = RateLimiter(rate, burst=rate)
 
     # -- frames out -------------------------------------------------------------------------------
+
+    @staticmethod
+    def build_event_frame(event: DocumentEvent) -> OutFrame:
+        body = routes.updated_body(event) if event.kind == "updated" else routes.removed_body(event.sid)
+        return out_frame(codec.notification(routes.DOCUMENT_MESSAGE_TYPE, body), binary=True)
 
     def send(self, message: bytes) -> None:
         self.outbox.send(out_frame(message, binary=True))
 
-    def _deliver(self, event: DocumentEvent) -> None:
-        self.outbox.send(event.frame(PROTOCOL_NAME, build_event_frame))
+    def on_token_expiring(self, expires_in: int) -> None:
+        self.send(codec.token_about_to_expire())
 
-    def _too_slow(self) -> None:
-        self.outbox.close(CloseCode.TOO_SLOW, "too slow: events were not read fast enough")
+    def on_token_expired(self) -> None:
+        # 410 makes the SDK emit ``tokenExpired``; the app then reconnects with a fresh token.
+        self.send(codec.close_message(410, "access token expired"))
+        self.close_later(CloseCode.TOKEN_EXPIRED, "access token expired", CLOSE_GRACE)
 
-    def _close_later(self, code: int, reason: str, delay: float = CLOSE_GRACE) -> None:
-        loop = asyncio.get_running_loop()
-        self.timers.append(loop.call_later(delay, self.outbox.close, code, reason))
+    def on_revoked(self, sid: str, unique_name: str | None) -> None:
+        # The SDK only heeds a subscription_failed that answers its own pending request, so the
+        # connection is closed with a "reconnect" status: the SDK re-establishes its subscriptions,
+        # and the revoked one then fails with 403/54007, which the document emits as a 'failure'.
+        self.send(codec.close_message(308, "access to a subscribed document was revoked"))
+        self.close_later(CloseCode.GOING_AWAY, "access revoked", CLOSE_GRACE)
 
-    # -- the session ------------------------------------------------------------------------------
+    def receive_timeout(self) -> float | None:
+        return INIT_TIMEOUT if self.auth is None else None
 
-    async def run(self) -> None:
-        try:
-            while not self.outbox.closed:
-                timeout = INIT_TIMEOUT if self.auth is None else None
-                try:
-                    message = await asyncio.wait_for(self.websocket.receive(), timeout)
-                except TimeoutError:
-                    break
-                if message["type"] == "websocket.disconnect":
-                    break
-                data = message.get("bytes")
-                if data is None:
-                    data = message.get("text")
-                if data is None:
-                    continue
-                if len(data) > self.limits.max_frame_bytes:
-                    self.outbox.close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
-                    break
-                await self.handle(data)
-        finally:
-            for timer in self.timers + self.token_timers:
-                timer.cancel()
-            if self.subscriptions is not None:
-                await self.subscriptions.close()
-            await self.outbox.aclose()
+    def on_receive_timeout(self) -> None:
+        self.outbox.close(CloseCode.POLICY_VIOLATION, "init not received in time")
+
+    # -- frames in --------------------------------------------------------------------------------
 
     async def handle(self, data: bytes | str) -> None:
         try:
@@ -130,13 +100,14 @@ class TwilsockSession:
         except codec.TwilsockProtocolError as exc:
             # 406 tells the SDK the server cannot parse it: a fatal close, no reconnect loop.
             self.send(codec.close_message(406, exc.args[0]))
-            self._close_later(1002, "protocol error")
+            self.close_later(1002, "protocol error", CLOSE_GRACE)
             return
         method = frame.method
         if method == "reply":
             return  # the client's ack of one of our frames (not rate-limited: they follow our pushes)
-        if not self.hard_limiter.allow(asyncio.get_running_loop().time()):
-            self.outbox.close(CloseCode.RATE_LIMITED, "request rate far over the limit")
+        # No soft limit as on the native protocol: the SDK treats a refused transport frame as a
+        # connection problem, not a slow-down.
+        if not self.allow_requests(_request_count(frame)):
             return
         if method == "close":
             self.outbox.close(1000)
@@ -148,7 +119,7 @@ class TwilsockSession:
         elif method == "update":
             self._update_token(frame)
         elif method == "message":
-            await self._upstream(frame, self.auth.principal)
+            await self._upstream(frame, self.principal)
         elif method == "ping":
             self.send(codec.reply(frame.id))
         else:
@@ -162,21 +133,13 @@ class TwilsockSession:
             self.send(codec.reply(frame.id, 400, description="init was already answered"))
             return
         try:
-            auth = self._verify(frame)
+            auth = self.authenticator.verify_token(_token(frame))
         except errors.SyncError as exc:
             self.refused = True
             self.send(_token_refusal(frame.id, exc))
-            self._close_later(1000, "access token refused", DENIED_LINGER)
+            self.close_later(1000, "access token refused", DENIED_LINGER)
             return
-        self.auth = auth
-        self.subscriptions = Subscriptions(
-            self.endpoint.hub,
-            self.core,
-            auth.principal,
-            self.limits.max_subscriptions,
-            self._deliver,
-            self._too_slow,
-        )
+        self.authenticated(auth)
         self.send(
             codec.reply(
                 frame.id,
@@ -187,46 +150,14 @@ class TwilsockSession:
                 },
             )
         )
-        self._schedule_token_timers()
-
-    def _verify(self, frame: codec.TwilsockFrame) -> Authenticated:
-        token = frame.header.get("token")
-        if not isinstance(token, str) or not token:
-            raise errors.AuthenticationError("An access token is required")
-        return self.endpoint.authenticator.verify_token(token)
 
     def _update_token(self, frame: codec.TwilsockFrame) -> None:
-        assert self.auth is not None
         try:
-            fresh = self._verify(frame)
-            if fresh.principal != self.auth.principal or fresh.grant is None:
-                raise errors.AuthenticationError(
-                    "The new token is for another identity or service", code=20103, status=401
-                )
+            self.renew_token(_token(frame))
         except errors.SyncError as exc:
             self.send(_token_refusal(frame.id, exc))
             return
-        self.auth = fresh
         self.send(codec.reply(frame.id))
-        self._schedule_token_timers()
-
-    def _schedule_token_timers(self) -> None:
-        for timer in self.token_timers:
-            timer.cancel()
-        self.token_timers.clear()
-        grant = None if self.auth is None else self.auth.grant
-        if grant is None:
-            return
-        loop = asyncio.get_running_loop()
-        remaining = grant.expires_at - time.time()
-        warn_in = max(0.0, remaining - TOKEN_WARNING_SECONDS)
-        self.token_timers.append(loop.call_later(warn_in, self.send, codec.token_about_to_expire()))
-        self.token_timers.append(loop.call_later(max(0.0, remaining), self._token_expired))
-
-    def _token_expired(self) -> None:
-        # 410 makes the SDK emit ``tokenExpired``; the app then reconnects with a fresh token.
-        self.send(codec.close_message(410, "access token expired"))
-        self._close_later(CloseCode.TOKEN_EXPIRED, "access token expired")
 
     # -- upstream requests ------------------------------------------------------------------------
 
@@ -235,96 +166,101 @@ class TwilsockSession:
         if not isinstance(request, dict):
             self.send(codec.reply(frame.id, 400, description="message without http_request"))
             return
-        after: After | None = None
         try:
-            code, body, after = await self._serve(request, frame, who)
+            await self._serve(request, frame, who)
         except errors.SyncError as exc:
-            code, body = exc.status, {**exc.to_dict(), "code": routes.wire_code(exc)}
+            self._answer(frame, exc.status, {**exc.to_dict(), "code": routes.wire_code(exc)})
         except Exception:
             log.exception("twilsock request failed")
             error = errors.SyncError("Internal server error")
-            code, body = error.status, error.to_dict()
-        self.send(codec.reply(frame.id, http_status=code, body=body))
-        if after is not None:
-            after()
+            self._answer(frame, error.status, error.to_dict())
 
-    async def _serve(
-        self, request: dict[str, Any], frame: codec.TwilsockFrame, who: Principal
-    ) -> tuple[int, Any, After | None]:
+    def _answer(self, frame: codec.TwilsockFrame, status: int, body: Any = None) -> None:
+        self.send(codec.reply(frame.id, http_status=status, body=body))
+
+    async def _serve(self, request: dict[str, Any], frame: codec.TwilsockFrame, who: Principal) -> None:
+        """Serves one tunnelled request and answers it (or raises the error to answer)."""
         path = str(request.get("path", ""))
         target = routes.route(str(request.get("method", "GET")), path)
         if target.service is not None and target.service != who.service_sid:
             raise errors.NotFoundError(f"The requested resource {path} was not found")
         host = str(request.get("host") or DEFAULT_HOST)
-        account = self.core.store.account_sid
+        account = self.documents.account_sid
         if target.action == "subscriptions":
-            return await self._subscriptions(_json_object(frame))
+            await self._subscription_request(frame, _json_object(frame))
+            return
         if target.action == "create":
             body = _json_object(frame)
-            doc, _ = await self.core.open(
+            doc = await self.documents.create(
                 who,
-                name=_optional_str(body, "unique_name"),
-                sid=None,
-                mode="create_new",
+                unique_name=_optional_str(body, "unique_name"),
                 data=_optional_object(body, "data"),
                 ttl=_optional_int(body, "ttl"),
             )
-            return 201, routes.descriptor(doc, account, host), None
+            self._answer(frame, 201, routes.descriptor(doc, account, host))
+            return
         assert target.doc is not None
         if target.action == "fetch":
-            return 200, routes.descriptor(await self.core.fetch(who, target.doc), account, host), None
-        if target.action == "remove":
-            await self.core.remove(who, target.doc)
-            return 204, None, None
-        body = _json_object(frame)
-        doc = await self.core.write(
-            who,
-            target.doc,
-            data=_optional_object(body, "data"),
-            if_match=_header(request, "if-match"),
-            ttl=_optional_int(body, "ttl"),
-        )
-        return 200, routes.update_result(doc, account, host), None
+            self._answer(
+                frame, 200, routes.descriptor(await self.documents.fetch(who, target.doc), account, host)
+            )
+        elif target.action == "remove":
+            await self.documents.remove(who, target.doc)
+            self._answer(frame, 204)
+        else:
+            body = _json_object(frame)
+            doc = await self.documents.write(
+                who,
+                target.doc,
+                data=_optional_object(body, "data"),
+                if_match=_header(request, "if-match"),
+                ttl=_optional_int(body, "ttl"),
+            )
+            self._answer(frame, 200, routes.update_result(doc, account, host))
 
-    async def _subscriptions(self, body: dict[str, Any]) -> tuple[int, Any, After | None]:
-        assert self.subscriptions is not None
-        subs = self.subscriptions
+    async def _subscription_request(self, frame: codec.TwilsockFrame, body: dict[str, Any]) -> None:
         action = body.get("action")
         correlation_id = body.get("correlation_id")
         requests = body.get("requests")
         if action not in ("establish", "cancel") or not isinstance(requests, list):
             raise errors.ValidationError("Invalid subscription request")
-        notes: list[dict[str, Any]] = []
-        activate: list[str] = []
+        if len(requests) > MAX_BATCH:
+            raise errors.ValidationError(f"At most {MAX_BATCH} subscription requests at once")
+        items: list[tuple[str, str]] = []
         for item in requests:
             if not isinstance(item, dict) or not isinstance(item.get("object_sid"), str):
                 raise errors.ValidationError("Invalid subscription request")
-            sid: str = item["object_sid"]
-            object_type = str(item.get("object_type", "document"))
-            if action == "cancel":
-                await subs.unsubscribe(sid)
-                notes.append(routes.canceled_body(sid, correlation_id))
-                continue
-            if object_type != "document":
-                error = errors.ValidationError(f"Subscriptions to {object_type} are not supported")
-                notes.append(routes.failed_body(sid, object_type, correlation_id, error))
-                continue
-            try:
-                snapshot = await subs.subscribe(sid)
-            except errors.SyncError as exc:
-                notes.append(routes.failed_body(sid, object_type, correlation_id, exc))
-                continue
-            notes.extend(_established(snapshot, correlation_id, item.get("last_event_id")))
-            activate.append(snapshot.sid)
+            items.append((item["object_sid"], str(item.get("object_type", "document"))))
+        if action == "cancel":
+            for sid, _ in items:
+                await self.subscriptions.unsubscribe(sid)
+            self._answer(frame, 202, SUBSCRIPTION_ANSWER)
+            for sid, _ in items:
+                self._notify(routes.canceled_body(sid, correlation_id))
+            return
+        documents = [sid for sid, object_type in items if object_type == "document"]
+        last_event_ids = {item["object_sid"]: item.get("last_event_id") for item in requests}
 
-        def after() -> None:
-            # The reply is written; now the notifications, then events held while snapshots were read.
-            for note in notes:
-                self.send(codec.notification(routes.DOCUMENT_MESSAGE_TYPE, note))
-            for sid in activate:
-                subs.activate(sid)
+        def answer(results: list[SubscribeResult]) -> None:
+            # The reply, then the notifications; the session core then releases held events.
+            self._answer(frame, 202, SUBSCRIPTION_ANSWER)
+            snapshots = iter(results)
+            for sid, object_type in items:
+                if object_type != "document":
+                    error = errors.ValidationError(f"Subscriptions to {object_type} are not supported")
+                    self._notify(routes.failed_body(sid, object_type, correlation_id, error))
+                    continue
+                result = next(snapshots)
+                if isinstance(result, errors.SyncError):
+                    self._notify(routes.failed_body(sid, object_type, correlation_id, result))
+                    continue
+                for note in _established(result, correlation_id, last_event_ids.get(sid)):
+                    self._notify(note)
 
-        return 202, SUBSCRIPTION_ANSWER, after
+        await self.subscribe_then(documents, answer)
+
+    def _notify(self, body: dict[str, Any]) -> None:
+        self.send(codec.notification(routes.DOCUMENT_MESSAGE_TYPE, body))
 
 
 def _established(snapshot: Document, correlation_id: Any, last_event_id: Any) -> list[dict[str, Any]]:
@@ -334,6 +270,28 @@ def _established(snapshot: Document, correlation_id: Any, last_event_id: Any) ->
     if snapshot.revision > known:
         notes.append(routes.updated_body_from_document(snapshot))
     return notes
+
+
+def _token(frame: codec.TwilsockFrame) -> str:
+    token = frame.header.get("token")
+    if not isinstance(token, str) or not token:
+        raise errors.AuthenticationError("An access token is required")
+    return token
+
+
+def _request_count(frame: codec.TwilsockFrame) -> int:
+    """How many requests a frame makes: a subscriptions call counts each document it names."""
+    if frame.method != "message" or frame.payload[:1] != b"{":
+        return 1
+    request = frame.header.get("http_request")
+    if not isinstance(request, dict) or not str(request.get("path", "")).startswith("/v4/Subscriptions"):
+        return 1
+    try:
+        body = codec.json_payload(frame)
+    except Exception:
+        return 1
+    requests = body.get("requests") if isinstance(body, dict) else None
+    return max(1, len(requests)) if isinstance(requests, list) else 1
 
 
 def _token_refusal(message_id: str | None, exc: errors.SyncError) -> bytes:

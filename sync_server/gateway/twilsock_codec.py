@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -39,24 +40,22 @@ JSON_TYPE = "application/json"
 # The header length is a short decimal; anything longer is not a Twilsock frame.
 _MAX_HEADER_DIGITS = 8
 
-HTTP_REASONS = {
-    200: "OK",
-    201: "Created",
-    202: "Accepted",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    410: "Gone",
-    412: "Precondition Failed",
-    413: "Payload Too Large",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+
+def _transport_status(code: int) -> str:
+    """A transport ``status`` text: the status's name, as Twilsock servers spell it (``UNAUTHORIZED``;
+    the SDK compares it literally when a token update is refused)."""
+    try:
+        return HTTPStatus(code).name
+    except ValueError:
+        return "ERROR"
+
+
+def _http_reason(code: int) -> str:
+    """The reason phrase of a tunnelled HTTP answer (``Accepted``, ``Precondition Failed``)."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Error"
 
 
 class TwilsockProtocolError(Exception):
@@ -135,7 +134,7 @@ def new_message_id() -> str:
 
 def status(code: int, description: str | None = None, error_code: int | None = None) -> dict[str, Any]:
     """A transport ``status``; ``errorCode`` 20104 makes the SDK emit ``tokenExpired``."""
-    value: dict[str, Any] = {"code": code, "status": HTTP_REASONS.get(code, "Error")}
+    value: dict[str, Any] = {"code": code, "status": _transport_status(code)}
     if error_code is not None:
         value["errorCode"] = error_code
     if description is not None:
@@ -160,7 +159,7 @@ def reply(
         "status": status(code, description, error_code),
     }
     if http_status is not None:
-        header["http_status"] = {"code": http_status, "status": HTTP_REASONS.get(http_status, "Error")}
+        header["http_status"] = {"code": http_status, "status": _http_reason(http_status)}
         header["http_headers"] = {"content-type": JSON_TYPE}
     header.update(extra or {})
     return encode_frame(header, b"" if body is None else orjson.dumps(body))

@@ -22,12 +22,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from sync_server import errors
+from sync_server.documents import DocumentService
 from sync_server.rest import handlers
 from sync_server.rest.auth import BasicAuth
 from sync_server.rest.handlers import Context
 from sync_server.rest.requests import base_url
 from sync_server.rest.responses import error_response
-from sync_server.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class RestConfig:
 class RestApi:
     """Mounted at ``/v1``: every request is authenticated before anything else is looked at."""
 
-    def __init__(self, store: RedisStore, auth: BasicAuth, config: RestConfig) -> None:
-        self.store = store
+    def __init__(self, documents: DocumentService, auth: BasicAuth, config: RestConfig) -> None:
+        self.documents = documents
         self.auth = auth
         self.config = config
 
@@ -95,7 +95,7 @@ class RestApi:
         handler, params = _route(_segments(raw_path), scope["method"])
         context = Context(
             request=request,
-            store=self.store,
+            documents=self.documents,
             params=params,
             query=dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)),
             base=base_url(request, self.config.public_url),

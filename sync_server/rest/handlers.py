@@ -1,4 +1,8 @@
-"""The REST endpoints: parse and validate input, call the store once, render Twilio's JSON."""
+"""The REST endpoints: decode the form, call the document service once, render Twilio's JSON.
+
+REST callers authenticate with the account's credentials: they act as a system principal, which
+access control never restricts.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sync_server import errors
+from sync_server.documents import DocumentService, JsonText
+from sync_server.principal import Principal
 from sync_server.rest.paging import page_meta, parse_page_request
 from sync_server.rest.render import (
     document_json,
@@ -19,23 +25,13 @@ from sync_server.rest.render import (
 )
 from sync_server.rest.requests import read_form
 from sync_server.rest.responses import json_response
-from sync_server.store.redis_store import RedisStore
-from sync_server.validation import (
-    check_identity,
-    check_unique_name,
-    normalize_revision,
-    parse_data,
-    parse_ttl,
-    whole_number,
-)
-
-REST_IDENTITY = "system"
+from sync_server.validation import parse_ttl, whole_number
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
     request: Request
-    store: RedisStore
+    documents: DocumentService
     params: list[str]
     """The path parameters in order: service, document, identity (as far as the route has them)."""
     query: dict[str, str]
@@ -44,8 +40,14 @@ class Context:
     max_body_bytes: int
 
     @property
-    def service_sid(self) -> str:
-        return self.store.resolve_service_sid(self.params[0])
+    def who(self) -> Principal:
+        """The system principal, on the service of the path (``default`` resolved)."""
+        return Principal.system(self.documents.service_sid(self.params[0]))
+
+    @property
+    def account(self) -> Principal:
+        """The system principal for account-wide routes (``/v1/Services``), outside any service."""
+        return Principal.system("")
 
     async def form(self) -> dict[str, str]:
         return await read_form(self.request, self.max_body_bytes)
@@ -102,29 +104,29 @@ def _boolean(field: str, value: str) -> bool:
 
 
 async def create_service(ctx: Context) -> Response:
-    service = await ctx.store.create_service(_service_settings(await ctx.form()))
+    service = await ctx.documents.create_service(ctx.account, _service_settings(await ctx.form()))
     return json_response(service_json(service, ctx.base, ctx.account_sid), 201)
 
 
 async def fetch_service(ctx: Context) -> Response:
-    service = await ctx.store.fetch_service(ctx.service_sid)
+    service = await ctx.documents.fetch_service(ctx.who)
     return json_response(service_json(service, ctx.base, ctx.account_sid))
 
 
 async def update_service(ctx: Context) -> Response:
-    service = await ctx.store.update_service(ctx.service_sid, _service_settings(await ctx.form()))
+    service = await ctx.documents.update_service(ctx.who, _service_settings(await ctx.form()))
     return json_response(service_json(service, ctx.base, ctx.account_sid))
 
 
 async def delete_service(ctx: Context) -> Response:
-    await ctx.store.delete_service(ctx.service_sid)
+    await ctx.documents.delete_service(ctx.who)
     return Response(status_code=204)
 
 
 async def list_services(ctx: Context) -> Response:
     page_request = parse_page_request(ctx.query)
-    page = await ctx.store.list_services(
-        after=page_request.after, before=page_request.before, size=page_request.size
+    page = await ctx.documents.list_services(
+        ctx.account, after=page_request.after, before=page_request.before, size=page_request.size
     )
     return json_response(
         {
@@ -139,47 +141,44 @@ async def list_services(ctx: Context) -> Response:
 
 async def create_document(ctx: Context) -> Response:
     form = await ctx.form()
-    unique_name = form.get("UniqueName")
-    if unique_name is not None:
-        check_unique_name(unique_name)
-    data = parse_data(form["Data"]) if "Data" in form else b"{}"
-    ttl = parse_ttl(form["Ttl"]) if "Ttl" in form else 0
-    doc = await ctx.store.create_document(ctx.service_sid, unique_name, data, ttl, REST_IDENTITY)
+    doc = await ctx.documents.create(
+        ctx.who,
+        unique_name=form.get("UniqueName"),
+        data=JsonText(form["Data"]) if "Data" in form else None,
+        ttl=parse_ttl(form["Ttl"]) if "Ttl" in form else None,
+    )
     return json_response(document_json(doc, ctx.base, ctx.account_sid), 201, {"ETag": doc.revision_text})
 
 
 async def fetch_document(ctx: Context) -> Response:
-    doc = await ctx.store.fetch_document(ctx.service_sid, ctx.params[1])
+    doc = await ctx.documents.fetch(ctx.who, ctx.params[1])
     return json_response(document_json(doc, ctx.base, ctx.account_sid), 200, {"ETag": doc.revision_text})
 
 
 async def update_document(ctx: Context) -> Response:
-    # Validate everything before the store is asked to write anything: no half-applied writes.
-    if_match_header = ctx.request.headers.get("if-match")
-    if_match = normalize_revision(if_match_header) if if_match_header is not None else None
     form = await ctx.form()
-    data = parse_data(form["Data"]) if "Data" in form else None
-    ttl = parse_ttl(form["Ttl"]) if "Ttl" in form else None
-    if data is None and ttl is None:
-        raise errors.ValidationError("Either Data or Ttl must be provided")
-    doc = await ctx.store.write_document(
-        ctx.service_sid, ctx.params[1], data=data, ttl=ttl, if_match=if_match
+    doc = await ctx.documents.write(
+        ctx.who,
+        ctx.params[1],
+        data=JsonText(form["Data"]) if "Data" in form else None,
+        ttl=parse_ttl(form["Ttl"]) if "Ttl" in form else None,
+        if_match=ctx.request.headers.get("if-match"),
     )
     return json_response(document_json(doc, ctx.base, ctx.account_sid), 200, {"ETag": doc.revision_text})
 
 
 async def delete_document(ctx: Context) -> Response:
-    await ctx.store.delete_document(ctx.service_sid, ctx.params[1])
+    await ctx.documents.remove(ctx.who, ctx.params[1])
     return Response(status_code=204)
 
 
 async def list_documents(ctx: Context) -> Response:
     page_request = parse_page_request(ctx.query)
-    service_sid = ctx.service_sid
-    page = await ctx.store.list_documents(
-        service_sid, after=page_request.after, before=page_request.before, size=page_request.size
+    who = ctx.who
+    page = await ctx.documents.list_documents(
+        who, after=page_request.after, before=page_request.before, size=page_request.size
     )
-    url = f"{service_url(ctx.base, service_sid)}/Documents"
+    url = f"{service_url(ctx.base, who.service_sid)}/Documents"
     return json_response(
         {
             "documents": [document_json(d, ctx.base, ctx.account_sid) for d in page.items],
@@ -192,37 +191,36 @@ async def list_documents(ctx: Context) -> Response:
 
 
 async def fetch_permission(ctx: Context) -> Response:
-    identity = check_identity(ctx.params[2])
-    permission = await ctx.store.fetch_permission(ctx.service_sid, ctx.params[1], identity)
+    permission = await ctx.documents.fetch_permission(ctx.who, ctx.params[1], ctx.params[2])
     return json_response(permission_json(permission, ctx.base, ctx.account_sid))
 
 
 async def update_permission(ctx: Context) -> Response:
-    identity = check_identity(ctx.params[2])
     form = await ctx.form()
     missing = [name for name in ("Read", "Write", "Manage") if name not in form]
     if missing:
         raise errors.ValidationError(f"Missing required parameter {missing[0]} in the post body")
-    flags = [_boolean(name, form[name]) for name in ("Read", "Write", "Manage")]
-    permission = await ctx.store.set_permission(ctx.service_sid, ctx.params[1], identity, *flags)
+    read, write, manage = (_boolean(name, form[name]) for name in ("Read", "Write", "Manage"))
+    permission = await ctx.documents.set_permission(
+        ctx.who, ctx.params[1], ctx.params[2], read=read, write=write, manage=manage
+    )
     return json_response(permission_json(permission, ctx.base, ctx.account_sid))
 
 
 async def delete_permission(ctx: Context) -> Response:
-    identity = check_identity(ctx.params[2])
-    await ctx.store.delete_permission(ctx.service_sid, ctx.params[1], identity)
+    await ctx.documents.delete_permission(ctx.who, ctx.params[1], ctx.params[2])
     return Response(status_code=204)
 
 
 async def list_permissions(ctx: Context) -> Response:
     """Permissions are few per document: the page is cut from the sorted whole by identity."""
     page_request = parse_page_request(ctx.query)
-    service_sid = ctx.service_sid
-    document_sid, found = await ctx.store.list_permissions(service_sid, ctx.params[1])
+    who = ctx.who
+    document_sid, found = await ctx.documents.list_permissions(who, ctx.params[1])
     start = page_request.page * page_request.size
     items = found[start : start + page_request.size]
     more = len(found) > start + page_request.size
-    doc_url = document_url(ctx.base, service_sid, document_sid)
+    doc_url = document_url(ctx.base, who.service_sid, document_sid)
     meta = {
         "first_page_url": f"{doc_url}/Permissions?PageSize={page_request.size}&Page=0",
         "key": "permissions",

@@ -35,8 +35,3 @@ def document_key(service_sid: str, document_sid: str) -> str:
 
 def document_channel(service_sid: str, document_sid: str) -> str:
     return f"sync:{{{service_sid}}}:ch:{document_sid}"
-
-
-def document_channel_pattern() -> str:
-    """Matches every document channel; used only by tools, never on the hot path."""
-    return "sync:{*}:ch:*"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -78,7 +78,6 @@ class Page(Generic[T]):
     """Whether more items lie beyond this page in the direction it was read."""
     first_cursor: int | None = None
     last_cursor: int | None = None
-    cursors: list[int] = field(default_factory=list)
 
 
 def _text(value: bytes | int | str) -> str:

@@ -20,7 +20,6 @@ import collections
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -104,10 +103,6 @@ class MultiplexedRedis:
         self._params = params
         self._protocol: _RespProtocol | None = None
         self._connecting: asyncio.Lock | None = None
-
-    @classmethod
-    def from_url(cls, url: str) -> MultiplexedRedis:
-        return cls(dict(parse_url(url)))
 
     async def execute(self, *args: str | int | bytes) -> Any:
         protocol = self._protocol

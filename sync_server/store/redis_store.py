@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sync_server import errors
 from sync_server.ids import DOCUMENT_PREFIX, SERVICE_PREFIX, is_sid, new_sid
+from sync_server.principal import Principal
 from sync_server.store import keys
 from sync_server.store.base import WriteMode
 from sync_server.store.models import Document, Page, Permission, Service
@@ -96,26 +97,35 @@ class RedisStore:
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
         return reply
 
+    async def _run_as(self, who: Principal, name: str, args: list[str | int | bytes]) -> Any:
+        """Runs a document script as ``who`` (the principal arguments every document script takes
+        first, see lua/_prelude.lua); a refusal by access control raises ``ForbiddenError``."""
+        principal: list[str | int | bytes] = [who.acl_identity, who.identity, who.endpoint_id or ""]
+        reply = await self._run_in_service(who.service_sid, name, principal + args)
+        if reply[0] == b"forbidden":
+            raise errors.ForbiddenError(
+                f"The identity {who.identity!r} has no permission for this on the document"
+            )
+        return reply
+
     # -- documents ---------------------------------------------------------------------------------
 
     async def create_document(
-        self, service_sid: str, unique_name: str | None, data: bytes, ttl: int, created_by: str
+        self, who: Principal, unique_name: str | None, data: bytes, ttl: int
     ) -> Document:
         sid = new_sid(DOCUMENT_PREFIX)
-        reply = await self._run_in_service(
-            service_sid, "doc_create", [sid, unique_name or "", data, ttl, created_by]
-        )
+        reply = await self._run_as(who, "doc_create", [sid, unique_name or "", data, ttl])
         if reply[0] == b"dup":
             raise errors.UniqueNameConflict(f"Unique name already exists: {unique_name}")
-        return Document.from_reply(service_sid, reply[1:])
+        return Document.from_reply(who.service_sid, reply[1:])
 
-    async def fetch_document(self, service_sid: str, ident: str) -> Document:
-        reply = await self._run_in_service(service_sid, "doc_fetch", [ident, _by_sid(ident)])
-        return self._document(service_sid, ident, reply)
+    async def fetch_document(self, who: Principal, ident: str) -> Document:
+        reply = await self._run_as(who, "doc_fetch", [ident, _by_sid(ident)])
+        return self._document(who.service_sid, ident, reply)
 
     async def write_document(
         self,
-        service_sid: str,
+        who: Principal,
         ident: str,
         *,
         data: bytes | None,
@@ -132,7 +142,7 @@ class RedisStore:
             if_match or "",
             MAX_DATA_BYTES,
         ]
-        reply = await self._run_in_service(service_sid, "doc_write", args)
+        reply = await self._run_as(who, "doc_write", args)
         status = reply[0]
         if status == b"rev":
             raise errors.RevisionMismatch(
@@ -141,11 +151,11 @@ class RedisStore:
             )
         if status == b"big":
             check_data_size(int(reply[1]))
-        return self._document(service_sid, ident, reply)
+        return self._document(who.service_sid, ident, reply)
 
-    async def delete_document(self, service_sid: str, ident: str) -> Document:
-        reply = await self._run_in_service(service_sid, "doc_delete", [ident, _by_sid(ident)])
-        return self._document(service_sid, ident, reply)
+    async def delete_document(self, who: Principal, ident: str) -> Document:
+        reply = await self._run_as(who, "doc_delete", [ident, _by_sid(ident)])
+        return self._document(who.service_sid, ident, reply)
 
     async def list_documents(
         self, service_sid: str, *, after: int | None, before: int | None, size: int
@@ -250,7 +260,9 @@ class RedisStore:
             args += [name, value]
         if service_sid == self.default_service_sid:
             await self.fetch_service(service_sid)
-        reply = await self._run("svc_update", [keys.service_key(service_sid)], args)
+        reply = await self._run(
+            "svc_update", [keys.service_key(service_sid)], [keys.service_prefix(service_sid), *args]
+        )
         if reply[0] == b"nosvc":
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
         return _service(service_sid, reply[1:])
@@ -352,7 +364,6 @@ def _page(items: list[T], cursors: list[int], *, more: bool) -> Page[T]:
         more=more,
         first_cursor=cursors[0] if cursors else None,
         last_cursor=cursors[-1] if cursors else None,
-        cursors=cursors,
     )
 
 

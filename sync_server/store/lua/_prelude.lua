@@ -7,6 +7,11 @@
 -- Document hash fields: n unique name ('' when none), d data (compact JSON, opaque: never decoded
 -- here, because cjson turns [] into {} and mangles big integers), r revision (integer), c created,
 -- u updated, x expires (unix seconds, 0 = never), b created_by, q creation sequence number.
+--
+-- The principal: the document scripts (doc_create, doc_fetch, doc_write, doc_delete) take who is
+-- asking as ARGV[2..4]: ARGV[2] the identity to check the document's permissions for ('' for a
+-- system principal, which access control never restricts), ARGV[3] the identity that acts (written
+-- into created_by and into events), ARGV[4] its connection (endpoint) id, '' for REST.
 
 local function now_seconds()
   local t = redis.call('TIME')
@@ -55,18 +60,58 @@ local function purge(prefix, sid, name)
   end
 end
 
-local function publish_removed(prefix, sid, name, revision, reason)
+-- Rights are character positions in a permission's "rwm" flags.
+local READ, WRITE, MANAGE = 1, 2, 3
+
+-- Whether `identity` may exercise `right` on the document `sid` (nil: the name resolves to nothing).
+-- A system principal ('') and any principal of a service without access control always may. With
+-- access control on, a missing document is refused like a missing permission, so a client learns
+-- nothing about documents it may not read.
+local function allowed(svc_key, prefix, sid, identity, right)
+  if identity == '' or redis.call('HGET', svc_key, 'acl_enabled') ~= '1' then return true end
+  if not sid then return false end
+  local flags = redis.call('HGET', prefix .. 'perm:' .. sid, identity)
+  return flags and string.sub(flags, right, right) == '1'
+end
+
+-- Who wrote: the writer's identity and connection, appended to an event's header ('' = none).
+local function origin(writer, endpoint)
+  local text = ''
+  if writer and writer ~= '' then text = ',"w":' .. cjson.encode(writer) end
+  if endpoint and endpoint ~= '' then text = text .. ',"ep":' .. cjson.encode(endpoint) end
+  return text
+end
+
+local function publish_removed(prefix, sid, name, revision, reason, writer, endpoint)
   local event = '{"e":"removed","s":"' .. service_of(prefix) .. '","sid":"' .. sid .. '","n":'
-    .. json_string_or_null(name) .. ',"r":' .. (revision or 'null') .. ',"why":"' .. reason .. '"}'
+    .. json_string_or_null(name) .. ',"r":' .. (revision or 'null') .. ',"why":"' .. reason .. '"'
+    .. origin(writer, endpoint) .. '}'
   redis.call('PUBLISH', prefix .. 'ch:' .. sid, event)
+end
+
+-- A control event: subscribers that are restricted by access control lose their subscription to
+-- `sid` if they are `identity` (one identity's read right went away), or, with identity nil (access
+-- control was just enabled), unless they are one of `readers`. Published on the document's own
+-- channel, so every subscriber sees it before any write that follows the change.
+local function publish_revoked(prefix, sid, identity, readers)
+  local tail
+  if identity then
+    tail = ',"i":' .. cjson.encode(identity)
+  else
+    local quoted = {}
+    for n, reader in ipairs(readers) do quoted[n] = cjson.encode(reader) end
+    tail = ',"i":null,"keep":[' .. table.concat(quoted, ',') .. ']'
+  end
+  redis.call('PUBLISH', prefix .. 'ch:' .. sid,
+    '{"e":"revoked","s":"' .. service_of(prefix) .. '","sid":"' .. sid .. '"' .. tail .. '}')
 end
 
 -- An 'updated' event is a JSON header line, a newline, then the data exactly as stored: readers
 -- slice the data off without parsing it (cjson escapes newlines, so the header has none).
-local function publish_updated(prefix, sid, f)
+local function publish_updated(prefix, sid, f, writer, endpoint)
   local event = '{"e":"updated","s":"' .. service_of(prefix) .. '","sid":"' .. sid .. '","n":'
     .. json_string_or_null(f.n) .. ',"r":' .. f.r .. ',"c":' .. f.c .. ',"u":' .. f.u
-    .. ',"x":' .. f.x .. ',"b":' .. cjson.encode(f.b) .. '}\n' .. f.d
+    .. ',"x":' .. f.x .. ',"b":' .. cjson.encode(f.b) .. origin(writer, endpoint) .. '}\n' .. f.d
   redis.call('PUBLISH', prefix .. 'ch:' .. sid, event)
 end
 

@@ -1,18 +1,25 @@
 -- Writes a document: overwrite or shallow merge of its data, and/or a new TTL, with an optional
--- revision check. The check, the bump, the write and the PUBLISH are one atomic step, so events
--- leave in revision order and no event is ever sent for a write that did not happen.
+-- revision check. The permission check, the revision check, the bump, the write and the PUBLISH are
+-- one atomic step, so events leave in revision order, no event is ever sent for a write that did
+-- not happen, and a permission change cannot race a write through.
 -- KEYS[1]  the service hash                 sync:{IS…}:svc
 -- ARGV[1]  the service's key prefix         sync:{IS…}:
--- ARGV[2]  the document's SID or unique name
--- ARGV[3]  '1' when ARGV[2] is a SID, '0' when it is a unique name
--- ARGV[4]  data: a compact JSON object, or '' to keep the current data
--- ARGV[5]  'set' to replace the data, 'merge' to merge ARGV[4]'s top-level members into it
--- ARGV[6]  ttl: '' keeps the current expiry, '0' removes it, n > 0 expires n seconds from now
--- ARGV[7]  expected revision (lowercase hex), '' for an unconditional write
--- ARGV[8]  the largest data allowed, in bytes (checked here only for merges)
--- Returns  {'ok', sid, n, d, r, c, u, x, b} | {'nosvc'} | {'nodoc'} | {'rev', current revision}
---          | {'big', merged size}
--- Publishes an 'updated' event with the new document on the document's channel.
+-- ARGV[2]  the identity access control restricts, '' for a system principal (see the prelude)
+-- ARGV[3]  the writer's identity (into the event)
+-- ARGV[4]  the writer's connection id, '' for REST (into the event)
+-- ARGV[5]  the document's SID or unique name
+-- ARGV[6]  '1' when ARGV[5] is a SID, '0' when it is a unique name
+-- ARGV[7]  data: a compact JSON object, or '' to keep the current data
+-- ARGV[8]  'set' to replace the data, 'merge' to merge ARGV[7]'s top-level members into it
+-- ARGV[9]  ttl: '' keeps the current expiry, '0' removes it, n > 0 expires n seconds from now
+-- ARGV[10] expected revision (lowercase hex), '' for an unconditional write
+-- ARGV[11] the largest data allowed, in bytes (checked here only for merges)
+-- Returns  {'ok', sid, n, d, r, c, u, x, b} | {'nosvc'} | {'nodoc'} | {'forbidden'}
+--          | {'rev', current revision} | {'big', merged size}
+-- Publishes an 'updated' event with the new document on the document's channel, except for a
+-- TTL-only write (no data): that changes neither the data nor the revision, so it is no update a
+-- subscriber would see (the Twilio SDK keeps its own revision after setTtl, and a bump would make
+-- the writer take its own change for a remote one).
 
 -- Index of the closing quote of the JSON string that opens at i.
 local function string_end(s, i)
@@ -72,26 +79,29 @@ local function merge_objects(base, patch)
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
-local prefix, data, mode, ttl, if_match = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local prefix, data, mode, ttl, if_match = ARGV[1], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'nosvc'} end
-local sid = resolve(prefix, ARGV[2], ARGV[3])
+local sid = resolve(prefix, ARGV[5], ARGV[6])
+if not allowed(KEYS[1], prefix, sid, ARGV[2], WRITE) then return {'forbidden'} end
 if not sid then return {'nodoc'} end
 local key = doc_key(prefix, sid)
 local f = read_doc(prefix, sid)
 if if_match ~= '' and if_match ~= string.format('%x', f.r) then
   return {'rev', string.format('%x', f.r)}
 end
-if data ~= '' then
-  if mode == 'merge' then
-    data = merge_objects(f.d, data)
-    if #data > tonumber(ARGV[8]) then return {'big', #data} end
-  end
-  f.d = data
-end
 local now = now_seconds()
+if data == '' then
+  apply_ttl(prefix, sid, f.n, ttl, now, f)
+  return doc_reply('ok', sid, f)
+end
+if mode == 'merge' then
+  data = merge_objects(f.d, data)
+  if #data > tonumber(ARGV[11]) then return {'big', #data} end
+end
+f.d = data
 f.r = f.r + 1
 f.u = now
 redis.call('HSET', key, 'd', f.d, 'r', f.r, 'u', now)
 apply_ttl(prefix, sid, f.n, ttl, now, f)
-publish_updated(prefix, sid, f)
+publish_updated(prefix, sid, f, ARGV[3], ARGV[4])
 return doc_reply('ok', sid, f)

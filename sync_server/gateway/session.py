@@ -1,0 +1,244 @@
+"""What every websocket session does, whatever its wire protocol: the session core.
+
+A :class:`Session` owns one connection's receive loop, its bounded outbox, its subscriptions, the
+far-over-the-limit rate check, the token timers and token renewal, and the cleanup when the
+connection ends. A protocol adapter (``native.py``, ``twilsock.py``) subclasses it and supplies only
+its wire: :meth:`Session.handle` decodes and dispatches one frame, and a few hooks encode what the
+core has to say (an event, a token warning, an expiry, a revoked subscription).
+
+Ordering rule for subscriptions: events of a new subscription are held until the client has its
+subscribe answer. :meth:`Session.subscribe_then` enforces it: it subscribes, then calls the
+adapter's synchronous ``answer`` (which writes the reply), then releases the held events, with no
+``await`` in between that could let an event overtake the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from starlette.websockets import WebSocket
+
+from protocol import CloseCode, RateLimiter
+from sync_server import errors
+from sync_server.events import DocumentEvent
+from sync_server.gateway.auth import Authenticated
+from sync_server.gateway.endpoint import SocketEndpoint
+from sync_server.gateway.frames import OutFrame
+from sync_server.gateway.outbox import outbox_for
+from sync_server.gateway.subscriptions import Subscriptions
+from sync_server.principal import Principal
+from sync_server.store.models import Document
+from sync_server.tokens import AccessGrant, InvalidAccessTokenIssuer
+
+TOKEN_WARNING_SECONDS = 180
+"""How long before its token expires a client is warned (Twilio's ``tokenAboutToExpire`` lead)."""
+
+SubscribeResult = Document | errors.SyncError
+
+
+def new_endpoint_id() -> str:
+    """A connection's id: what events and webhooks report as the change's endpoint."""
+    return "CN" + secrets.token_hex(16)
+
+
+class Session:
+    """One websocket connection. Subclasses implement :meth:`handle` and the ``on_…`` hooks."""
+
+    protocol_name: ClassVar[str]
+    """Names the protocol in each event's frame cache (one encoding per event and protocol)."""
+
+    def __init__(self, websocket: WebSocket, endpoint: SocketEndpoint) -> None:
+        limits = endpoint.limits
+        self.websocket = websocket
+        self.documents = endpoint.documents
+        self.authenticator = endpoint.authenticator
+        self.limits = limits
+        self.endpoint_id = new_endpoint_id()
+        self.outbox = outbox_for(websocket, limits.max_buffered_bytes)
+        self.auth: Authenticated | None = None
+        self._hub = endpoint.hub
+        self._subscriptions: Subscriptions | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._token_timers: list[asyncio.TimerHandle] = []
+        rate = limits.max_commands_per_second * 2
+        # Far over the command rate, the connection is closed (4429). It counts requests, not
+        # frames: one Twilsock frame may carry a batch of subscriptions.
+        self._hard_limiter = RateLimiter(rate, burst=rate)
+
+    # -- what each protocol supplies ----------------------------------------------------------------
+
+    @staticmethod
+    def build_event_frame(event: DocumentEvent) -> OutFrame:
+        """The frame of a document event; built once per event and process (see events.py)."""
+        raise NotImplementedError
+
+    async def handle(self, data: str | bytes) -> None:
+        """Decodes and serves one frame from the client; never raises for bad input."""
+        raise NotImplementedError
+
+    def on_token_expiring(self, expires_in: int) -> None:
+        raise NotImplementedError
+
+    def on_token_expired(self) -> None:
+        raise NotImplementedError
+
+    def on_revoked(self, sid: str, unique_name: str | None) -> None:
+        """Tells the client that access control ended its subscription to ``sid``."""
+        raise NotImplementedError
+
+    def on_started(self) -> None:
+        """Called once before the first frame is read."""
+
+    def receive_timeout(self) -> float | None:
+        """How long the next frame may take to arrive (None: for ever; pings detect dead peers)."""
+        return None
+
+    def on_receive_timeout(self) -> None:
+        """The frame did not arrive within :meth:`receive_timeout`; the session then ends."""
+
+    # -- state --------------------------------------------------------------------------------------
+
+    @property
+    def principal(self) -> Principal:
+        assert self.auth is not None, "not authenticated yet"
+        return self.auth.principal
+
+    @property
+    def subscriptions(self) -> Subscriptions:
+        assert self._subscriptions is not None, "not authenticated yet"
+        return self._subscriptions
+
+    def authenticated(self, auth: Authenticated) -> None:
+        """Starts acting as ``auth``'s principal, through this connection."""
+        principal = auth.principal.on_endpoint(self.endpoint_id)
+        self.auth = Authenticated(principal, auth.grant)
+        self._subscriptions = Subscriptions(
+            self._hub,
+            self.documents,
+            principal,
+            self.limits.max_subscriptions,
+            self._deliver,
+            self._too_slow,
+            self.on_revoked,
+        )
+        self._schedule_token_timers()
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.on_started()
+        try:
+            while not self.outbox.closed:
+                try:
+                    message = await asyncio.wait_for(self.websocket.receive(), self.receive_timeout())
+                except TimeoutError:
+                    self.on_receive_timeout()
+                    break
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("bytes")
+                if data is None:
+                    data = message.get("text")
+                if data is None:
+                    continue
+                if len(data) > self.limits.max_frame_bytes:
+                    self.outbox.close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
+                    break
+                await self.handle(data)
+        finally:
+            for timer in self._timers + self._token_timers:
+                timer.cancel()
+            if self._subscriptions is not None:
+                await self._subscriptions.close()
+            await self.outbox.aclose()
+
+    def allow_requests(self, count: int = 1) -> bool:
+        """Counts ``count`` requests; far over the limit the connection is closed (4429)."""
+        if self._hard_limiter.allow(asyncio.get_running_loop().time(), count):
+            return True
+        self.outbox.close(CloseCode.RATE_LIMITED, "request rate far over the limit")
+        return False
+
+    def close_later(self, code: int, reason: str, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(delay, self.outbox.close, code, reason))
+
+    # -- subscriptions ------------------------------------------------------------------------------
+
+    async def subscribe_then(
+        self, idents: Sequence[str], answer: Callable[[list[SubscribeResult]], None]
+    ) -> None:
+        """Subscribes to each document, calls ``answer`` with the snapshots (or each failure), then
+        releases the events that arrived meanwhile. ``answer`` writes the reply: it is synchronous, so
+        no event can be sent between the reply and the activation."""
+        subscriptions = self.subscriptions
+        results: list[SubscribeResult] = []
+        for ident in idents:
+            try:
+                results.append(await subscriptions.subscribe(ident))
+            except errors.SyncError as exc:
+                results.append(exc)
+        answer(results)
+        for result in results:
+            if isinstance(result, Document):
+                subscriptions.activate(result.sid)
+
+    async def subscribe_one(self, ident: str, answer: Callable[[Document], None]) -> None:
+        """:meth:`subscribe_then` for one document; a failure is raised, not answered."""
+        failure: list[errors.SyncError] = []
+
+        def answer_one(results: list[SubscribeResult]) -> None:
+            result = results[0]
+            if isinstance(result, Document):
+                answer(result)
+            else:
+                failure.append(result)
+
+        await self.subscribe_then([ident], answer_one)
+        if failure:
+            raise failure[0]
+
+    def _deliver(self, event: DocumentEvent) -> None:
+        self.outbox.send(event.frame(self.protocol_name, self.build_event_frame))
+
+    def _too_slow(self) -> None:
+        self.outbox.close(CloseCode.TOO_SLOW, "too slow: events were not read fast enough")
+
+    # -- tokens -------------------------------------------------------------------------------------
+
+    def renew_token(self, token: str) -> AccessGrant:
+        """Verifies a fresh token for this same client and starts using it; returns its grant.
+
+        Raises an ``AuthenticationError`` (the token's own 2010x code, or 20103 for a token of
+        another identity or service); the session keeps its current token then."""
+        fresh = self.authenticator.verify_token(token)
+        if fresh.grant is None or self.auth is None or not fresh.principal.same_client(self.auth.principal):
+            raise InvalidAccessTokenIssuer("The new token is for another identity or service")
+        self.auth = Authenticated(self.auth.principal, fresh.grant)
+        self._schedule_token_timers()
+        return fresh.grant
+
+    def _schedule_token_timers(self) -> None:
+        for timer in self._token_timers:
+            timer.cancel()
+        self._token_timers.clear()
+        grant = None if self.auth is None else self.auth.grant
+        if grant is None:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = grant.expires_at - time.time()
+        warn_in = max(0.0, remaining - TOKEN_WARNING_SECONDS)
+        self._token_timers.append(loop.call_later(warn_in, self._warn_token, grant.expires_at))
+        self._token_timers.append(loop.call_later(max(0.0, remaining), self._expire_token))
+
+    def _warn_token(self, expires_at: int) -> None:
+        self.on_token_expiring(max(0, int(expires_at - time.time())))
+
+    def _expire_token(self) -> None:
+        with contextlib.suppress(Exception):
+            self.on_token_expired()
