@@ -17,14 +17,18 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
+from sync_server import errors
 from sync_server.app import create_app
 from sync_server.config import Settings
+from sync_server.documents import DocumentService
+from sync_server.principal import Principal
+from sync_server.store.redis_store import RedisStore
 from tests.support.processes import (
     TEST_ACCOUNT_SID,
     TEST_API_KEY_SECRET,
@@ -34,6 +38,7 @@ from tests.support.processes import (
     start_redis,
 )
 
+T = TypeVar("T")
 SENTINEL = "end-of-operation-marker"
 LUA = Path(__file__).resolve().parents[1] / "sync_server" / "store" / "lua"
 # What commandstats may also count during an operation: the commands the scripts themselves call.
@@ -99,8 +104,8 @@ async def command_calls(redis: Redis) -> dict[str, int]:
 
 
 async def observe(
-    observer: Observer, action: Callable[[], Awaitable[httpx.Response]]
-) -> tuple[httpx.Response, list[str], dict[str, int]]:
+    observer: Observer, action: Callable[[], Awaitable[T]]
+) -> tuple[T, list[str], dict[str, int]]:
     """Runs ``action``; returns its response, the commands clients sent meanwhile (MONITOR, script
     internals left out) and the change of every commandstats counter. The observer's own INFO and
     ECHO are left out of both; everything else, the MONITOR connection's handshake included,
@@ -201,3 +206,42 @@ async def test_noscript_fallback(own_client: httpx.AsyncClient, own_redis_client
     response, sent, _ = await observe(own_redis_client, lambda: own_client.post(documents))
     assert response.status_code == 201
     assert sent == ["EVALSHA"]
+
+
+async def test_a_client_write_checks_its_permission_in_the_same_round_trip(
+    own_client: httpx.AsyncClient, own_redis_client: Observer, own_redis: RedisProcess
+) -> None:
+    """Access control costs no round trip: the right is checked inside the write's own script."""
+    service = (await own_client.post("/v1/Services", data={"AclEnabled": "true"})).json()["sid"]
+    documents_url = f"/v1/Services/{service}/Documents"
+    doc = (await own_client.post(documents_url, data={"UniqueName": "guarded"})).json()["sid"]
+    granted = await own_client.post(
+        f"{documents_url}/{doc}/Permissions/alice", data={"Read": "true", "Write": "true", "Manage": "false"}
+    )
+    assert granted.status_code == 200
+    store = RedisStore(Redis.from_url(own_redis.url), TEST_ACCOUNT_SID)
+    documents = DocumentService(store)
+    alice = Principal.client("alice", service).on_endpoint("CN" + "0" * 32)
+    mallory = Principal.client("mallory", service).on_endpoint("CN" + "1" * 32)
+    try:
+        await documents.write(alice, doc, data={"warm": True})  # the connection and the script cache
+        written, sent, changed = await observe(
+            own_redis_client, lambda: documents.write(alice, doc, data={"by": "alice"}, if_match="1")
+        )
+        assert written.revision == 2
+        assert sent == ["EVALSHA"]
+        assert changed.get("evalsha") == 1 and "eval" not in changed, changed
+
+        async def refused() -> errors.SyncError:
+            try:
+                await documents.write(mallory, doc, data={"by": "mallory"})
+            except errors.ForbiddenError as exc:
+                return exc
+            raise AssertionError("the write went through")
+
+        error, sent, changed = await observe(own_redis_client, refused)
+        assert (error.code, error.status) == (54007, 403)
+        assert sent == ["EVALSHA"]
+        assert changed.get("evalsha") == 1 and "publish" not in changed, changed
+    finally:
+        await store.close()

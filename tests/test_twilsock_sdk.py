@@ -150,6 +150,60 @@ def test_update_token_keeps_the_session(server: ServerProcess, service: str, nam
     assert result == {"expired": False, "state": "connected", "data": {"still": "here"}}
 
 
+def test_access_control_through_the_sdk(server: ServerProcess, name: str) -> None:
+    """The unmodified SDK on an ACL-enabled service: refusals are SyncErrors 403/54007."""
+    service = httpx.post(f"{server.base_url}/v1/Services", data={"AclEnabled": "true"}, auth=AUTH).json()[
+        "sid"
+    ]
+    documents = f"{server.base_url}/v1/Services/{service}/Documents"
+    names = {"none": name + "-none", "read": name + "-read", "write": name + "-write", "fresh": name + "-new"}
+    rights = {"none": None, "read": ("true", "false", "false"), "write": ("true", "true", "false")}
+    for key, flags in rights.items():
+        created = httpx.post(documents, data={"UniqueName": names[key], "Data": '{"v":0}'}, auth=AUTH)
+        assert created.status_code == 201
+        if flags is not None:
+            read, write, manage = flags
+            granted = httpx.post(
+                f"{documents}/{names[key]}/Permissions/alice",
+                data={"Read": read, "Write": write, "Manage": manage},
+                auth=AUTH,
+            )
+            assert granted.status_code == 200
+    result = run_scenario(
+        server,
+        "acl",
+        token=access_token(service, "alice"),
+        names=names,
+        restUrl=f"{documents}/{names['read']}/Permissions/alice",
+        auth=f"{TEST_ACCOUNT_SID}:{TEST_AUTH_TOKEN}",
+        timeout=45.0,
+    )
+    forbidden = {"status": 403, "code": 54007}
+    assert result["open_without_read"] == forbidden
+    assert result["create"] == forbidden
+    assert result["read_data"] == {"v": 0}
+    assert result["set_with_read_only"] == forbidden
+    assert result["written"] == {"written": True}
+    assert result["remove_without_manage"] == forbidden
+    assert result["revoked"] == forbidden
+    # Nothing refused was applied.
+    assert httpx.get(f"{documents}/{names['read']}", auth=AUTH).json()["data"] == {"v": 0}
+    assert httpx.get(f"{documents}/{names['write']}", auth=AUTH).status_code == 200
+    assert httpx.get(f"{documents}/{names['fresh']}", auth=AUTH).status_code == 404
+
+
+def test_a_refused_token_update_is_the_sdks_own_error(server: ServerProcess, service: str) -> None:
+    result = run_scenario(
+        server,
+        "refusedUpdate",
+        token=access_token(service, "alice"),
+        otherToken=access_token(service, "mallory"),
+    )
+    # The SDK turns a 401 whose status reads UNAUTHORIZED into its "token rejected" error (and then
+    # considers itself denied: its own state machine's choice, not a close by the server).
+    assert result == {"refused": True, "status": 400, "code": 51130, "state": "denied"}
+
+
 class LiveScenario:
     """A scenario running in the background; :meth:`wait_for` reads its ``{"phase": ...}`` lines."""
 

@@ -206,6 +206,62 @@ const scenarios = {
     return { expired, state: c.connectionState, data: doc.data };
   },
 
+  // Access control: what a client without each right sees, as SyncErrors with status and code; then a
+  // revoked read right (through REST, by pytest's arguments) ends the subscription with a 'failure'.
+  async acl({ token, names, restUrl, auth }) {
+    const c = client(token);
+    const error = (e) => ({ status: e.status, code: e.code });
+    const results = {};
+    try {
+      await c.document({ id: names.none, mode: 'open_existing' });
+    } catch (e) {
+      results.open_without_read = error(e);
+    }
+    try {
+      await c.document({ id: names.fresh, mode: 'create_new', data: {} });
+    } catch (e) {
+      results.create = error(e);
+    }
+    const readOnly = await c.document({ id: names.read, mode: 'open_existing' });
+    results.read_data = readOnly.data;
+    try {
+      await readOnly.set({ changed: true });
+    } catch (e) {
+      results.set_with_read_only = error(e);
+    }
+    const noManage = await c.document({ id: names.write, mode: 'open_existing' });
+    await noManage.set({ written: true });
+    results.written = noManage.data;
+    try {
+      await noManage.removeDocument();
+    } catch (e) {
+      results.remove_without_manage = error(e);
+    }
+    // Revocation: the server ends the subscription; the SDK reconnects, re-establishes it, and the
+    // document reports the refusal as a 'failure'.
+    await subscribed(readOnly);
+    const failed = waitFor(readOnly, 'failure', () => true, 15000);
+    const response = await fetch(restUrl, {
+      method: 'DELETE',
+      headers: { Authorization: 'Basic ' + Buffer.from(auth).toString('base64') },
+    });
+    if (response.status !== 204) throw new Error(`revoke failed: ${response.status}`);
+    results.revoked = error(await failed);
+    return results;
+  },
+
+  // updateToken() with a token of another identity is refused with the SDK's own error (51130).
+  async refusedUpdate({ token, otherToken }) {
+    const c = client(token);
+    await waitFor(c, 'connectionStateChanged', (s) => s === 'connected');
+    try {
+      await c.updateToken(otherToken);
+      return { refused: false };
+    } catch (e) {
+      return { refused: true, status: e.status, code: e.code, state: c.connectionState };
+    }
+  },
+
   // A refused token makes the client `denied`; an expired one also emits tokenExpired.
   async badToken({ token, expectExpired }) {
     const c = client(token);
