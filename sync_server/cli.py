@@ -26,6 +26,7 @@ from sync_server.config import DEFAULT_DATA_DIR, Settings
 from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsError, resolve_credentials
 from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
 from sync_server.errors import SyncError
+from sync_server.tokens import MAX_TOKEN_LIFETIME, mint_access_token
 
 __all__ = ["build_parser", "main"]
 
@@ -76,7 +77,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print an access token for a client SDK")
     token.add_argument("--identity", required=True, help="the identity the token is issued to")
     token.add_argument("--service", default="default", help="the Sync service SID (default: %(default)s)")
-    token.add_argument("--ttl", type=_positive_int, default=3600, help="seconds (default: %(default)s)")
+    token.add_argument(
+        "--ttl", type=_token_ttl, default=3600, help="seconds, at most 86400 (default: %(default)s)"
+    )
     _add_data_dir(token, env)
     credentials = commands.add_parser("credentials", help="print the credentials the server accepts")
     credentials.add_argument("--json", action="store_true", help="print JSON instead of SYNC_* assignments")
@@ -132,6 +135,13 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
     return int(text)
+
+
+def _token_ttl(text: str) -> int:
+    ttl = _positive_int(text)
+    if ttl > MAX_TOKEN_LIFETIME:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TOKEN_LIFETIME} seconds (24 h, as Twilio): {text!r}")
+    return ttl
 
 
 def _redis_url(text: str) -> str:
@@ -265,10 +275,6 @@ def _importable(module: str) -> bool:
 def print_token(args: argparse.Namespace) -> int:
     """Print one access token, and nothing else, on stdout."""
     credentials, _ = resolve_credentials(args.data_dir.absolute(), os.environ)
-    try:
-        from sync_server.tokens import mint_access_token
-    except ImportError as exc:
-        raise CliError(f"access tokens are unavailable: {exc}") from None
     token = mint_access_token(
         credentials.account_sid,
         credentials.api_key_sid,

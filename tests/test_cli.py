@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib.util
 import json
 import shlex
 import socket
@@ -13,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.processes import (
     TEST_ACCOUNT_SID,
@@ -57,12 +55,12 @@ def test_bad_flag_exits_2_without_traceback() -> None:
     assert_clean_failure(run_cli("--redis-url", "localhost:6379"), 2, "expected a redis://")
     assert_clean_failure(run_cli(env=subprocess_env({"SYNC_WORKERS": "0"})), 2, "--workers")
     assert_clean_failure(run_cli("token"), 2, "--identity")
+    too_long = run_cli("token", "--identity", "alice", "--ttl", "86401")
+    assert_clean_failure(too_long, 2, "argument --ttl: at most 86400 seconds (24 h, as Twilio): '86401'")
 
 
 def test_token_prints_one_jwt(tmp_path: Path) -> None:
-    if importlib.util.find_spec("sync_server.tokens") is None:
-        pytest.skip("sync_server.tokens is not written yet")
-    result = run_cli("token", "--identity", "alice", "--ttl", "600", "--data-dir", str(tmp_path))
+    result = run_cli("token", "--identity", "alice", "--ttl", "86400", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1
     header, payload, signature = result.stdout.strip().split(".")
@@ -70,7 +68,8 @@ def test_token_prints_one_jwt(tmp_path: Path) -> None:
     assert b64decode(signature) == expected
     claims = json.loads(b64decode(payload))
     assert (claims["iss"], claims["sub"]) == (TEST_API_KEY_SID, TEST_ACCOUNT_SID)
-    assert claims["grants"]["identity"] == "alice"
+    assert claims["grants"] == {"identity": "alice", "data_sync": {"service_sid": "default"}}
+    assert claims["exp"] - claims["nbf"] == 86400  # Twilio's maximum lifetime is allowed
     assert not (tmp_path / "credentials.json").exists()  # the environment supplied everything
 
 
