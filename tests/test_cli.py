@@ -84,6 +84,22 @@ def test_credentials_command_matches_the_file(tmp_path: Path) -> None:
     assert json.loads(as_json.stdout) == stored
 
 
+def test_credentials_readable_by_others_are_used_with_one_warning(tmp_path: Path) -> None:
+    env = subprocess_env(credentials=False)
+    assert run_cli("credentials", "--data-dir", str(tmp_path), env=env).stderr == ""  # created 0600
+    path = tmp_path / "credentials.json"
+    path.chmod(0o644)
+    result = run_cli("credentials", "--json", "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == json.loads(path.read_text())
+    assert result.stderr == (
+        f"sync-server: warning: {path} holds secrets but other users may access it (mode 0644); "
+        f"run: chmod 600 {path}\n"
+    )
+    path.chmod(0o600)
+    assert run_cli("token", "--identity", "a", "--data-dir", str(tmp_path), env=env).stderr == ""
+
+
 def test_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
