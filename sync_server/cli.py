@@ -1,6 +1,7 @@
 """The ``sync-server`` command: ``serve`` (the default), ``token`` and ``credentials``.
 
-``serve`` resolves the credentials, starts the embedded Redis unless a Redis URL is given, exports
+``serve`` resolves the credentials, starts the embedded Redis unless a Redis URL is given (the bundled
+Valkey unless ``--redis-server`` names another, checked against the server that wrote its data), exports
 everything as ``SYNC_*`` variables (uvicorn builds the app afresh in every worker, each reading
 :meth:`Settings.from_env`) and runs uvicorn. Every flag has a ``SYNC_*`` variable as its default.
 
@@ -25,6 +26,7 @@ from types import FrameType
 from sync_server.config import DEFAULT_DATA_DIR, Settings
 from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsError, resolve_credentials
 from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
+from sync_server.embedded_record import ServerInfo, embedded_server, start_recorded
 from sync_server.errors import SyncError
 from sync_server.tokens import MAX_TOKEN_LIFETIME, mint_access_token
 
@@ -98,6 +100,12 @@ def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         help="redis://, rediss:// or unix:// URL (env SYNC_REDIS_URL); without one, an embedded Redis "
         "persists to <data-dir>/redis",
     )
+    serve.add_argument(
+        "--redis-server",
+        default=env.get("SYNC_REDIS_SERVER") or None,
+        help="the server binary of the embedded Redis, a name on PATH or a path (env SYNC_REDIS_SERVER, "
+        "default: the bundled valkey-server); ignored with --redis-url",
+    )
     _add_data_dir(serve, env)
     serve.add_argument(
         "--public-url",
@@ -155,15 +163,20 @@ def serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.absolute()
     credentials, from_file = resolve_credentials(data_dir, os.environ)
     _check_port_free(args.host, args.port)
+    # Checked before anything starts: a server that may not read the data must not touch it.
+    embedded = None if args.redis_url else embedded_server(data_dir / "redis", args.redis_server)
     if from_file:
         _print_banner(credentials, data_dir, _base_url(args))
+    if embedded is not None:
+        _print_embedded(embedded, data_dir / "redis")
     # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would end the process
     # before the embedded Redis is stopped, so turn it into SystemExit, which unwinds the ExitStack.
     signal.signal(signal.SIGTERM, _exit_quietly)
     with contextlib.ExitStack() as stack:
-        redis_url: str | None = args.redis_url
-        if redis_url is None:
-            redis_url = stack.enter_context(RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS)).url
+        redis_url: str = args.redis_url
+        if embedded is not None:
+            redis = RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS, binary=embedded.path)
+            redis_url = stack.push(start_recorded(redis, embedded)).url
         os.environ.update(_server_env(credentials, redis_url, data_dir, args.public_url))
         _run_uvicorn(args)
     return 0
@@ -220,6 +233,14 @@ def _print_banner(credentials: Credentials, data_dir: Path, base_url: str) -> No
         f"Try: curl -u {auth} {base_url}/v1/Services/default/Documents",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _print_embedded(server: ServerInfo, directory: Path) -> None:
+    print(
+        f"Embedded Redis server: {server}, data in {directory} "
+        "(choose another with --redis-server or SYNC_REDIS_SERVER)",
+        flush=True,
+    )
 
 
 def _server_env(
