@@ -1,6 +1,7 @@
 """The ``sync-server`` command: ``serve`` (the default), ``token`` and ``credentials``.
 
-``serve`` resolves the credentials, starts the embedded Redis unless a Redis URL is given, exports
+``serve`` resolves the credentials, starts the embedded Redis unless a Redis URL is given (the bundled
+Valkey unless ``--redis-server`` names another, checked against the server that wrote its data), exports
 everything as ``SYNC_*`` variables (uvicorn builds the app afresh in every worker, each reading
 :meth:`Settings.from_env`) and runs uvicorn. Every flag has a ``SYNC_*`` variable as its default.
 
@@ -25,7 +26,9 @@ from types import FrameType
 from sync_server.config import DEFAULT_DATA_DIR, Settings
 from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsError, resolve_credentials
 from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
+from sync_server.embedded_record import ServerInfo, embedded_server, start_recorded
 from sync_server.errors import SyncError
+from sync_server.tokens import MAX_TOKEN_LIFETIME, mint_access_token
 
 __all__ = ["build_parser", "main"]
 
@@ -76,7 +79,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print an access token for a client SDK")
     token.add_argument("--identity", required=True, help="the identity the token is issued to")
     token.add_argument("--service", default="default", help="the Sync service SID (default: %(default)s)")
-    token.add_argument("--ttl", type=_positive_int, default=3600, help="seconds (default: %(default)s)")
+    token.add_argument(
+        "--ttl", type=_token_ttl, default=3600, help="seconds, at most 86400 (default: %(default)s)"
+    )
     _add_data_dir(token, env)
     credentials = commands.add_parser("credentials", help="print the credentials the server accepts")
     credentials.add_argument("--json", action="store_true", help="print JSON instead of SYNC_* assignments")
@@ -94,6 +99,12 @@ def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         default=env.get("SYNC_REDIS_URL") or None,
         help="redis://, rediss:// or unix:// URL (env SYNC_REDIS_URL); without one, an embedded Redis "
         "persists to <data-dir>/redis",
+    )
+    serve.add_argument(
+        "--redis-server",
+        default=env.get("SYNC_REDIS_SERVER") or None,
+        help="the server binary of the embedded Redis, a name on PATH or a path (env SYNC_REDIS_SERVER, "
+        "default: the bundled valkey-server); ignored with --redis-url",
     )
     _add_data_dir(serve, env)
     serve.add_argument(
@@ -134,6 +145,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _token_ttl(text: str) -> int:
+    ttl = _positive_int(text)
+    if ttl > MAX_TOKEN_LIFETIME:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TOKEN_LIFETIME} seconds (24 h, as Twilio): {text!r}")
+    return ttl
+
+
 def _redis_url(text: str) -> str:
     if not text.startswith(REDIS_SCHEMES):
         raise argparse.ArgumentTypeError(f"expected a {', '.join(REDIS_SCHEMES)} URL, got {text!r}")
@@ -145,15 +163,20 @@ def serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.absolute()
     credentials, from_file = resolve_credentials(data_dir, os.environ)
     _check_port_free(args.host, args.port)
+    # Checked before anything starts: a server that may not read the data must not touch it.
+    embedded = None if args.redis_url else embedded_server(data_dir / "redis", args.redis_server)
     if from_file:
         _print_banner(credentials, data_dir, _base_url(args))
+    if embedded is not None:
+        _print_embedded(embedded, data_dir / "redis")
     # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would end the process
     # before the embedded Redis is stopped, so turn it into SystemExit, which unwinds the ExitStack.
     signal.signal(signal.SIGTERM, _exit_quietly)
     with contextlib.ExitStack() as stack:
-        redis_url: str | None = args.redis_url
-        if redis_url is None:
-            redis_url = stack.enter_context(RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS)).url
+        redis_url: str = args.redis_url
+        if embedded is not None:
+            redis = RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS, binary=embedded.path)
+            redis_url = stack.push(start_recorded(redis, embedded)).url
         os.environ.update(_server_env(credentials, redis_url, data_dir, args.public_url))
         _run_uvicorn(args)
     return 0
@@ -212,6 +235,14 @@ def _print_banner(credentials: Credentials, data_dir: Path, base_url: str) -> No
     print("\n".join(lines), flush=True)
 
 
+def _print_embedded(server: ServerInfo, directory: Path) -> None:
+    print(
+        f"Embedded Redis server: {server}, data in {directory} "
+        "(choose another with --redis-server or SYNC_REDIS_SERVER)",
+        flush=True,
+    )
+
+
 def _server_env(
     credentials: Credentials, redis_url: str, data_dir: Path, public_url: str | None
 ) -> dict[str, str]:
@@ -265,10 +296,6 @@ def _importable(module: str) -> bool:
 def print_token(args: argparse.Namespace) -> int:
     """Print one access token, and nothing else, on stdout."""
     credentials, _ = resolve_credentials(args.data_dir.absolute(), os.environ)
-    try:
-        from sync_server.tokens import mint_access_token
-    except ImportError as exc:
-        raise CliError(f"access tokens are unavailable: {exc}") from None
     token = mint_access_token(
         credentials.account_sid,
         credentials.api_key_sid,

@@ -3,7 +3,9 @@
 ``SYNC_ACCOUNT_SID`` + ``SYNC_AUTH_TOKEN`` and ``SYNC_API_KEY_SID`` + ``SYNC_API_KEY_SECRET`` each come as
 a pair; a pair set in the environment wins. Whatever the environment leaves out is read from the file,
 which is generated once (random values, mode 0600) so that a fresh install works without configuration
-and keeps its credentials across restarts.
+and keeps its credentials across restarts. An existing file that other users may read or write (say, one
+copied or unpacked with a loose umask) is still used, with a warning on stderr that says how to fix it:
+refusing it would take the server down over a mode, and its secrets are already exposed either way.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import json
 import os
 import re
 import secrets
+import shlex
+import stat
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -78,6 +83,11 @@ def resolve_credentials(data_dir: Path, env: Mapping[str, str]) -> tuple[Credent
     return Credentials(*account, *api_key), True
 
 
+def _warn(message: str) -> None:
+    # stderr, not logging: this runs in the CLI before any logging is configured.
+    print(f"sync-server: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _env_pair(env: Mapping[str, str], sid_name: str, secret_name: str) -> tuple[str, str] | None:
     sid, secret = env.get(sid_name, ""), env.get(secret_name, "")
     if bool(sid) != bool(secret):
@@ -116,11 +126,18 @@ def _load_or_create(path: Path) -> Credentials:
 
 def _load(path: Path) -> Credentials:
     try:
-        data = json.loads(path.read_text())
+        with path.open("rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)  # of the file read, even if path is swapped
+            data = json.loads(file.read())
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as exc:
         raise CredentialsError(f"cannot read {path}: {exc}") from exc
+    if mode & 0o077:
+        _warn(
+            f"{path} holds secrets but other users may access it (mode {mode:04o}); "
+            f"run: chmod 600 {shlex.quote(str(path))}"
+        )
     fields = ("account_sid", "auth_token", "api_key_sid", "api_key_secret")
     if not isinstance(data, dict) or not all(isinstance(data.get(name), str) for name in fields):
         raise CredentialsError(f"{path} must be a JSON object with the string fields {', '.join(fields)}")

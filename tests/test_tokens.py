@@ -17,8 +17,11 @@ from twilio.jwt.access_token.grants import SyncGrant, VideoGrant
 
 from sync_server.errors import AuthenticationError
 from sync_server.tokens import (
+    DEFAULT_LEEWAY,
+    MAX_TOKEN_LIFETIME,
     AccessGrant,
     AccessTokenExpired,
+    AccessTokenLifetimeExceeded,
     AccessTokenNotYetValid,
     InvalidAccessToken,
     InvalidAccessTokenGrants,
@@ -114,16 +117,15 @@ def test_node_shaped_token_with_iat_and_no_nbf(verifier: TokenVerifier) -> None:
     assert grant == AccessGrant(identity="alice", service_sid=SERVICE, expires_at=NOW + 3600)
 
 
-def test_no_data_sync_grant_means_no_service(verifier: TokenVerifier) -> None:
-    assert verifier.verify(official(service=None)).service_sid is None
+def test_data_sync_grant_without_service_sid_means_the_default_service(verifier: TokenVerifier) -> None:
+    # What the official helper mints for SyncGrant() with no service: "data_sync": {}.
     token = AccessToken(ACCOUNT, KEY, SECRET, identity="alice")
-    token.add_grant(VideoGrant(room="r"))
-    assert verifier.verify(token.to_jwt()).service_sid is None
-
-
-def test_data_sync_grant_without_service_sid(verifier: TokenVerifier) -> None:
-    token = forge(claims(grants={"identity": "alice", "data_sync": {}}))
-    assert verifier.verify(token, now=NOW).service_sid is None
+    token.add_grant(SyncGrant())
+    assert jwt.decode(token.to_jwt(), SECRET, algorithms=["HS256"])["grants"]["data_sync"] == {}
+    assert verifier.verify(token.to_jwt()).service_sid == "default"
+    for grant in ({}, {"service_sid": None}, {"endpoint_id": "browser-1"}):
+        forged = forge(claims(grants={"identity": "alice", "data_sync": grant}))
+        assert verifier.verify(forged, now=NOW) == AccessGrant("alice", "default", NOW + 3600)
 
 
 def test_leeway_tolerates_small_skew(verifier: TokenVerifier) -> None:
@@ -154,10 +156,17 @@ def test_minted_token_is_byte_identical_to_official(monkeypatch: pytest.MonkeyPa
     assert mint_access_token(ACCOUNT, KEY, SECRET, "alice", SERVICE, ttl=900) == official(ttl=900)
 
 
-@pytest.mark.parametrize(("identity", "ttl"), [("", 3600), ("x" * 257, 3600), ("alice", 0), ("alice", -5)])
+@pytest.mark.parametrize(
+    ("identity", "ttl"), [("", 3600), ("x" * 257, 3600), ("alice", 0), ("alice", -5), ("alice", 86_401)]
+)
 def test_mint_rejects_bad_arguments(identity: str, ttl: int) -> None:
     with pytest.raises(ValueError):
         mint_access_token(ACCOUNT, KEY, SECRET, identity, ttl=ttl)
+
+
+def test_mint_accepts_the_maximum_lifetime(verifier: TokenVerifier) -> None:
+    token = mint_access_token(ACCOUNT, KEY, SECRET, "alice", ttl=MAX_TOKEN_LIFETIME, now=NOW)
+    assert verifier.verify(token, now=NOW).expires_at == NOW + 86_400
 
 
 def test_verifier_rejects_empty_secret() -> None:
@@ -176,6 +185,49 @@ def test_expired(verifier: TokenVerifier) -> None:
 @pytest.mark.parametrize("exp", [None, "tomorrow", True, [1]])
 def test_missing_or_invalid_exp(verifier: TokenVerifier, exp: object) -> None:
     expect(20104, verifier, forge(claims(exp=exp)))
+
+
+def test_lifetime_of_24_hours_is_accepted(verifier: TokenVerifier) -> None:
+    assert verifier.verify(official(ttl=MAX_TOKEN_LIFETIME)).identity == "alice"
+    edge = NOW + MAX_TOKEN_LIFETIME + int(DEFAULT_LEEWAY)
+    assert verifier.verify(forge(claims(iat=NOW, exp=edge)), now=NOW).expires_at == edge
+    # A minting clock a few seconds ahead: nbf slightly in the future, exp 24 h after it.
+    ahead = forge(claims(iat=None, nbf=NOW + 3, exp=NOW + 3 + MAX_TOKEN_LIFETIME))
+    assert verifier.verify(ahead, now=NOW).identity == "alice"
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"iat": NOW, "exp": NOW + MAX_TOKEN_LIFETIME + int(DEFAULT_LEEWAY) + 1},  # Node shape
+        {"iat": None, "nbf": NOW, "exp": NOW + 2 * MAX_TOKEN_LIFETIME},  # Python shape
+        {"iat": None, "exp": 32_503_680_000},  # the year 3000, no nbf/iat: measured from now
+        {"iat": None, "exp": 1e300},
+        {"iat": NOW, "nbf": NOW + 3600, "exp": NOW + 3600 + MAX_TOKEN_LIFETIME},  # from the earliest
+        {"iat": NOW - MAX_TOKEN_LIFETIME, "exp": NOW + 3600},  # issued long ago, still far from exp
+        {"iat": NOW + 10 * MAX_TOKEN_LIFETIME, "exp": NOW + 10 * MAX_TOKEN_LIFETIME + 60},  # iat ahead
+    ],
+)
+def test_lifetime_over_24_hours_is_refused(verifier: TokenVerifier, times: dict[str, Any]) -> None:
+    now = max(NOW, times.get("nbf") or NOW)  # verified once valid, so that only the lifetime is wrong
+    err = expect(20157, verifier, forge(claims(**times)), now=now)
+    assert isinstance(err, AccessTokenLifetimeExceeded)
+    assert not isinstance(err, AccessTokenExpired)  # a client must not just fetch another such token
+
+
+def test_official_token_over_24_hours_is_refused(verifier: TokenVerifier) -> None:
+    expect(20157, verifier, official(ttl=MAX_TOKEN_LIFETIME + 60), now=time.time())
+    long_lived = AccessToken(
+        ACCOUNT, KEY, SECRET, identity="alice", valid_until=int(time.time()) + 7 * 86_400
+    )
+    long_lived.add_grant(SyncGrant(service_sid=SERVICE))
+    expect(20157, verifier, str(long_lived.to_jwt()), now=time.time())
+
+
+@pytest.mark.parametrize("iat", ["yesterday", True, [NOW]])
+def test_invalid_iat(verifier: TokenVerifier, iat: object) -> None:
+    header, payload = b64(b'{"alg":"HS256"}'), b64(orjson.dumps(claims(iat=iat)))
+    expect(20101, verifier, f"{header}.{payload}.{mint_signature(f'{header}.{payload}')}")
 
 
 def test_not_yet_valid(verifier: TokenVerifier) -> None:
@@ -292,10 +344,21 @@ def test_malformed(verifier: TokenVerifier, token: str) -> None:
         {"identity": "alice", "data_sync": "IS"},
         {"identity": "alice", "data_sync": {"service_sid": 7}},
         {"identity": "alice", "data_sync": {"service_sid": ""}},
+        {"identity": "alice"},  # no Sync grant at all
+        {"identity": "alice", "data_sync": None},
+        {"identity": "alice", "video": {"room": "r"}},
     ],
 )
 def test_invalid_grants(verifier: TokenVerifier, grants: object) -> None:
     expect(20106, verifier, forge(claims(grants=grants)))
+
+
+def test_official_token_without_a_sync_grant(verifier: TokenVerifier) -> None:
+    err = expect(20106, verifier, official(service=None), now=time.time())
+    assert "Sync" in err.message
+    video = AccessToken(ACCOUNT, KEY, SECRET, identity="alice")
+    video.add_grant(VideoGrant(room="r"))
+    expect(20106, verifier, str(video.to_jwt()), now=time.time())
 
 
 def test_official_token_without_identity(verifier: TokenVerifier) -> None:
@@ -303,7 +366,7 @@ def test_official_token_without_identity(verifier: TokenVerifier) -> None:
 
 
 def test_identity_at_the_limit(verifier: TokenVerifier) -> None:
-    token = forge(claims(grants={"identity": "x" * 256}))
+    token = forge(claims(grants={"identity": "x" * 256, "data_sync": {}}))
     assert verifier.verify(token, now=NOW).identity == "x" * 256
 
 
@@ -315,5 +378,6 @@ def test_errors_form_one_family() -> None:
         AccessTokenNotYetValid,
         InvalidAccessTokenGrants,
         InvalidAccessTokenSignature,
+        AccessTokenLifetimeExceeded,
     ):
         assert issubclass(cls, InvalidAccessToken)
