@@ -240,6 +240,22 @@ class Runner:
                         ),
                     )
                 )
+                # The same with access control on: every client a restricted token identity.
+                out.append(
+                    self.step(
+                        f"fan-out sync-server+acl N={n}",
+                        lambda n=n: run_fanout(
+                            "sync-server+acl",
+                            server.port,
+                            n,
+                            plan,
+                            server.worker_pids,
+                            self.workdir,
+                            [procs.redis_pid(redis)],
+                            acl=True,
+                        ),
+                    )
+                )
         finally:
             server.stop()
         if self.args.no_baselines:

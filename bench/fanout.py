@@ -63,19 +63,28 @@ def run_fanout(
     log_dir: Path,
     redis_pids: list[int] | None = None,
     on_ready: Callable[[], object] | None = None,
+    *,
+    acl: bool = False,
 ) -> dict[str, Any]:
     """One fleet of ``n`` subscribers through the warm-up, the closed loop and the fixed rates.
 
-    ``on_ready`` is called once the subscribers are connected (the profiler starts there)."""
-    config = {
+    ``on_ready`` is called once the subscribers are connected (the profiler starts there). With
+    ``acl`` the default service has access control on and every client (subscribers and writer) is
+    an access-token identity holding read and write on the document: the shape of a browser fleet
+    on a locked-down service."""
+    doc = f"fanout-{n}-{int(time.time() * 1000)}"
+    config: dict[str, Any] = {
         "mode": "fanout",
         "url": ws_url(port),
-        "doc": f"fanout-{n}-{int(time.time() * 1000)}",
+        "doc": doc,
         "n": n,
         "phases": plan.phases(n),
         "cpuPids": cpu_pids(),
         "redisPids": redis_pids or [],
     }
+    if acl:
+        config["url"] = f"ws://127.0.0.1:{port}/ws?token={procs.restricted_fleet(port, doc)}"
+        config["auth"] = None
     fleet = Fleet(config, log_dir).start()
     try:
         ready = fleet.expect("READY", 120)
@@ -84,6 +93,8 @@ def run_fanout(
         result = fleet.expect("RESULT", 60 * len(config["phases"]) + 30)
     finally:
         fleet.stop()
+        if acl:
+            procs.rest_call(port, "POST", "/v1/Services/default", {"AclEnabled": "false"})
     for phase in result["phases"]:
         check_phase(label, phase)
     if result["closes"] or result["writeErrors"]:

@@ -8,7 +8,9 @@ forked by its process-group id.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -16,9 +18,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sync_server.embedded import EPHEMERAL_ARGS, RedisProcess
 
@@ -39,6 +43,33 @@ CREDENTIALS = {
 # The fleet's writer sends hundreds of commands per second on one connection; the default per-connection
 # limit (200/s) is a protection for real deployments, not something a benchmark should measure.
 SERVER_TUNING = {"SYNC_MAX_COMMANDS_PER_SECOND": "1000000"}
+
+
+FLEET_IDENTITY = "bench-fleet"
+
+
+def rest_call(port: int, method: str, path: str, form: Mapping[str, str]) -> dict[str, Any]:
+    """One REST request to a sync server with the bench account's credentials."""
+    body = urllib.parse.urlencode(form).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    raw = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+    request.add_header("Authorization", "Basic " + raw)
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        result: dict[str, Any] = json.loads(response.read() or b"{}")
+        return result
+
+
+def restricted_fleet(port: int, doc: str) -> str:
+    """Turns access control on for the default service, creates ``doc`` with read and write granted
+    to the fleet's identity, and returns an access token for that identity."""
+    from sync_server.tokens import mint_access_token
+
+    rest_call(port, "POST", "/v1/Services/default", {"AclEnabled": "true"})
+    rest_call(port, "POST", "/v1/Services/default/Documents", {"UniqueName": doc, "Data": '{"s":0,"t":0}'})
+    rights = {"Read": "true", "Write": "true", "Manage": "false"}
+    rest_call(port, "POST", f"/v1/Services/default/Documents/{doc}/Permissions/{FLEET_IDENTITY}", rights)
+    return mint_access_token(ACCOUNT_SID, API_KEY_SID, API_KEY_SECRET, FLEET_IDENTITY, "default", ttl=7200)
 
 
 def free_port() -> int:

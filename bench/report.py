@@ -50,6 +50,16 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 True,
             )
         )
+        acl = _phase(results, "sync-server+acl", n, "closed")
+        if acl is not None:
+            found.append(
+                (
+                    f"fan-out CPU/delivery with ACL on vs off at N={n} (<= 1.05x)",
+                    _ratio(_get(acl, "cpuMsPer1k"), cpu),
+                    1.05,
+                    True,
+                )
+            )
         found.append(
             (
                 f"fan-out CPU/delivery vs ShareDB at N={n} (<= 0.5x)",
