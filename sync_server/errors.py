@@ -112,6 +112,9 @@ class RateLimited(SyncError):
     status = 429
 
 
+_METHOD_ORDER = {m: i for i, m in enumerate(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))}
+
+
 class MethodNotAllowed(SyncError):
     """The path exists but not with this method; ``allowed`` becomes the ``Allow`` header."""
 
@@ -119,7 +122,10 @@ class MethodNotAllowed(SyncError):
     status = 405
 
     def __init__(self, allowed: Iterable[str]) -> None:
-        self.allowed = tuple(allowed)
+        # In one fixed order: Starlette keeps a route's methods in a set.
+        self.allowed = tuple(
+            sorted(set(allowed), key=lambda m: (_METHOD_ORDER.get(m, len(_METHOD_ORDER)), m))
+        )
         super().__init__(f"Method not allowed; allowed: {', '.join(self.allowed)}")
 
 

@@ -127,9 +127,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
         limit = self.limits.max_request_line_bytes
         if len(self.url) > limit:
-            self._refuse(
-                errors.RequestHeadTooLarge(f"The request target is over {limit} bytes", status=414)
-            )
+            self._refuse(errors.RequestHeadTooLarge(f"The request target is over {limit} bytes", status=414))
             raise _Refused
 
     def on_headers_complete(self) -> None:
@@ -157,8 +155,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         self.logger.warning("Refused a request: %s (%d)", error.message, error.status)
         body = orjson.dumps(error.to_dict())
-        head = (
-            b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(
+            body
         )
         self.transport.write(STATUS_LINE[error.status] + head + body)
         # Half-close and keep reading for a moment: closing with unread data would make the kernel
