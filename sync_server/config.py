@@ -31,7 +31,7 @@ class Limits:
     ping_interval: float = 20.0
     """Seconds between server pings; a connection that does not answer within the same time is closed."""
     max_request_line_bytes: int = 8 * 1024
-    """Longest HTTP request line (method, target, version); longer ones are answered 414 and closed."""
+    """Longest HTTP request target (the URL of the request line); longer ones are answered 414 and closed."""
     max_header_bytes: int = 64 * 1024
     """Most bytes of an HTTP request head (request line and headers); more are answered 431 and closed."""
     header_timeout: float = 10.0

@@ -168,7 +168,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Timers
 
     def _arm_timers(self) -> None:
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
             return
         if self._in_head and self._head_bytes and self._head_timer is None:
             self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)

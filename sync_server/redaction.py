@@ -40,14 +40,6 @@ def redact_record(record: logging.LogRecord) -> None:
         record.args = {key: redact(v) if isinstance(v, str) else v for key, v in args.items()}
 
 
-class RedactSecrets(logging.Filter):
-    """The same redaction as a filter, for handlers built outside :func:`install`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        redact_record(record)
-        return True
-
-
 _installed: list[Callable[..., logging.LogRecord]] = []
 
 

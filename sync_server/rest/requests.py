@@ -15,7 +15,8 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
     """The ``application/x-www-form-urlencoded`` body as a dict (last value wins).
 
     A body over ``limit`` bytes is refused with 413 before it is read whole: at once when it
-    declares its length, after ``limit`` bytes when it is chunked.
+    declares its length, after ``limit`` bytes when it is chunked. A non-empty body of another
+    type (JSON, multipart, none declared) is refused with 415, unread when it declares its length.
     """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
