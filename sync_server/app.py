@@ -115,9 +115,10 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         return FileResponse(static_dir / "demo.html", media_type="text/html")
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 404
-        if status == 405:
-            return error_response(errors.SyncError("Method not allowed", code=20004, status=405))
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            # Routes name their methods in Allow; StaticFiles (the only other source) serves GET and HEAD.
+            allowed = (exc.headers or {}).get("Allow", "GET, HEAD")
+            return error_response(errors.MethodNotAllowed(allowed.split(", ")))
         return error_response(
             errors.NotFoundError(f"The requested resource {request.url.path} was not found")
         )

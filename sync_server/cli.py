@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import os
 import shlex
 import signal
@@ -22,13 +23,17 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, cast
 
-from sync_server.config import DEFAULT_DATA_DIR, Settings
+from sync_server.config import DEFAULT_DATA_DIR, Limits, Settings
 from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsError, resolve_credentials
 from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
 from sync_server.embedded_record import ServerInfo, embedded_server, start_recorded
 from sync_server.errors import SyncError
 from sync_server.tokens import MAX_TOKEN_LIFETIME, mint_access_token
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["build_parser", "main"]
 
@@ -263,6 +268,7 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # here, so that `token` and `credentials` start fast
 
     limits = Settings.from_env().limits
+    _raise_open_files_limit(verbose=args.log_level in ("debug", "trace"))
     uvicorn.run(
         APP_FACTORY,
         factory=True,
@@ -270,7 +276,11 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         loop="uvloop" if _importable("uvloop") else "auto",
-        http="httptools" if _importable("httptools") else "auto",
+        # httptools with bounded request heads and header/body deadlines (http_protocol.py); h11, the
+        # fallback, bounds heads itself (h11_max_incomplete_event_size) but has no such deadlines.
+        http=_http_protocol(limits) if _importable("httptools") else "h11",
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        timeout_keep_alive=limits.keep_alive_timeout,
         # uvicorn's sans-I/O websockets plus a direct write path for fan-out (gateway/uvicorn_ws.py).
         ws="sync_server.gateway.uvicorn_ws:DirectWebSocketProtocol",
         ws_max_size=limits.max_frame_bytes,
@@ -285,6 +295,30 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         # Open websockets would otherwise hold a SIGTERM'd server (and its Redis) up indefinitely.
         timeout_graceful_shutdown=10,
     )
+
+
+def _http_protocol(limits: Limits) -> type[asyncio.Protocol]:
+    from sync_server.http_protocol import LimitedHttpToolsProtocol
+
+    # uvicorn only calls what it is given; a partial (unlike a class made here) also pickles by
+    # reference into the worker processes of --workers.
+    return cast("type[asyncio.Protocol]", functools.partial(LimitedHttpToolsProtocol, limits=limits))
+
+
+def _raise_open_files_limit(*, verbose: bool) -> None:
+    """Raises the soft descriptor limit to the hard one: every connection holds a descriptor, and a
+    soft limit of 1,024 (a common default) is reached by a few idle clients. Workers inherit it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # e.g. an unlimited hard limit, which Linux refuses for files
+        return
+    if verbose:
+        print(f"{PROG}: open files limit raised from {soft} to {hard}", file=sys.stderr, flush=True)
 
 
 def _importable(module: str) -> bool:

@@ -30,6 +30,16 @@ class Limits:
     """Outgoing bytes a websocket connection may have waiting before it is closed as too slow."""
     ping_interval: float = 20.0
     """Seconds between server pings; a connection that does not answer within the same time is closed."""
+    max_request_line_bytes: int = 8 * 1024
+    """Longest HTTP request target (the URL of the request line); longer ones are answered 414 and closed."""
+    max_header_bytes: int = 64 * 1024
+    """Most bytes of an HTTP request head (request line and headers); more are answered 431 and closed."""
+    header_timeout: float = 10.0
+    """Seconds from a connection's start (or a keep-alive request's first byte) to its complete headers."""
+    body_timeout: float = 30.0
+    """Seconds a request body may go without a byte arriving before the connection is closed."""
+    keep_alive_timeout: int = 5
+    """Seconds an idle keep-alive connection is kept after a response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,11 @@ class Settings:
             ),
             max_buffered_bytes=int(env.get("SYNC_MAX_BUFFERED_BYTES", Limits.max_buffered_bytes)),
             ping_interval=float(env.get("SYNC_PING_INTERVAL", Limits.ping_interval)),
+            max_request_line_bytes=int(env.get("SYNC_MAX_REQUEST_LINE_BYTES", Limits.max_request_line_bytes)),
+            max_header_bytes=int(env.get("SYNC_MAX_HEADER_BYTES", Limits.max_header_bytes)),
+            header_timeout=float(env.get("SYNC_HEADER_TIMEOUT", Limits.header_timeout)),
+            body_timeout=float(env.get("SYNC_BODY_TIMEOUT", Limits.body_timeout)),
+            keep_alive_timeout=int(env.get("SYNC_KEEP_ALIVE_TIMEOUT", Limits.keep_alive_timeout)),
         )
         public_url = env.get("SYNC_PUBLIC_URL") or None
         return cls(

@@ -16,11 +16,15 @@ place each (``rest/responses.py``, the gateway's reply encoder); nothing else fo
     ├── UniqueNameConflict         54301 / 409
     ├── RevisionMismatch           54103 / 412
     ├── RateLimited                54009 / 429
+    ├── MethodNotAllowed           20004 / 405, with the allowed methods (the ``Allow`` header)
+    ├── UnsupportedMediaType       20001 / 415 (a body that is not a form)
+    ├── RequestHeadTooLarge        20001 / 431 (headers) or 414 (request line), before any parsing
     └── UnavailableError           20500-ish / 503 (Redis unreachable)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
@@ -106,6 +110,38 @@ class RevisionMismatch(SyncError):
 class RateLimited(SyncError):
     code = 54009
     status = 429
+
+
+_METHOD_ORDER = {m: i for i, m in enumerate(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))}
+
+
+class MethodNotAllowed(SyncError):
+    """The path exists but not with this method; ``allowed`` becomes the ``Allow`` header."""
+
+    code = 20004
+    status = 405
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        # In one fixed order: Starlette keeps a route's methods in a set.
+        self.allowed = tuple(
+            sorted(set(allowed), key=lambda m: (_METHOD_ORDER.get(m, len(_METHOD_ORDER)), m))
+        )
+        super().__init__(f"Method not allowed; allowed: {', '.join(self.allowed)}")
+
+
+class UnsupportedMediaType(SyncError):
+    """Twilio's API takes ``application/x-www-form-urlencoded`` bodies only. Twilio documents no
+    code for this, so it is the generic invalid-parameter code with HTTP's own status."""
+
+    code = 20001
+    status = 415
+
+
+class RequestHeadTooLarge(SyncError):
+    """Answered by the HTTP protocol itself (``http_protocol.py``) before the request reaches the app."""
+
+    code = 20001
+    status = 431
 
 
 class UnavailableError(SyncError):

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -41,6 +42,9 @@ MAX_FRAME = 8192
 MAX_SUBSCRIPTIONS = 5
 RATE = 20
 MAX_BUFFERED = 64 * 1024
+# Queued bytes past the limit (one event) + the transport's high-water mark + the server's fixed send
+# buffer (doubled by Linux, plus its bookkeeping) + the client's small receive buffer, with room.
+MAX_HELD = 512 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +194,7 @@ class SilentSocket:
     def __init__(self, sock: socket.socket, protocol: ClientProtocol) -> None:
         self.sock = sock
         self.protocol = protocol
+        self.received: list[tuple[float, int]] = []
 
     @classmethod
     async def connect(cls, url: str, *, receive_buffer: int | None = None) -> SilentSocket:
@@ -215,15 +220,19 @@ class SilentSocket:
         self.protocol.send_text(json.dumps(command).encode())
         await asyncio.get_running_loop().sock_sendall(self.sock, b"".join(self.protocol.data_to_send()))
 
-    async def read_to_close(self) -> tuple[list[Frame], int | None]:
-        """Reads everything the server sent, up to its close frame (or the end of the stream)."""
+    async def read_to_close(self, *, rate: float | None = None) -> tuple[list[Frame], int | None]:
+        """Reads everything the server sent, up to its close frame (or the end of the stream); at
+        ``rate`` bytes per second when given. :attr:`received` records when each read came."""
         loop = asyncio.get_running_loop()
         frames: list[Frame] = []
         async with asyncio.timeout(WAIT):
             while True:
-                data = await loop.sock_recv(self.sock, 1 << 18)
+                data = await loop.sock_recv(self.sock, 4096 if rate else 1 << 18)
                 if not data:
                     return frames, None
+                self.received.append((time.monotonic(), len(data)))
+                if rate:
+                    await asyncio.sleep(len(data) / rate)
                 self.protocol.receive_data(data)
                 for frame in self.protocol.events_received():
                     assert isinstance(frame, Frame)
@@ -270,17 +279,72 @@ async def test_slow_reader_is_closed_with_4508_while_others_get_every_event(
             for reply in rounds:
                 assert (await asyncio.wait_for(reply, WAIT))["ok"] is True
             written += len(rounds)
+        gave_up = time.monotonic()
         frames, code = await slow.read_to_close()
         assert code == 4508
+        assert time.monotonic() - gave_up < 1.0
         texts = [json.loads(bytes(frame.data)) for frame in frames if frame.opcode is Opcode.TEXT]
         revisions = [int(t["document"]["revision"], 16) for t in texts if t.get("event") == "updated"]
         assert revisions == list(range(1, len(revisions) + 1)) and len(revisions) < written
-        print(f"slow client: {len(revisions)} of {written} events before 4508")
+        # What stood between the server's decision and the close frame: the transport's high-water
+        # mark and the fixed kernel buffers on both sides, not the several MB autotuning would allow.
+        held = sum(size for _, size in slow.received)
+        assert held < MAX_HELD, held
+        print(f"slow client: {len(revisions)} of {written} events, {held} bytes before 4508")
 
         # The fast subscriber on the same process got every event, in order.
         await fast.wait_until(lambda p: len(p.events) == written)
         assert [int(e["document"]["revision"], 16) for e in fast.events] == list(range(1, written + 1))
         assert [e["document"]["data"]["i"] for e in fast.events] == list(range(written))
+        assert fast.close_code is None
+    finally:
+        slow.close()
+        await close_all([writer, fast])
+
+
+async def test_slowly_reading_client_reads_its_4508_soon_while_others_get_every_event(
+    buffered: ServerProcess, service: str, redis: Redis
+) -> None:
+    url = ws_url(buffered, service=service)
+    writer, fast = await Peer.connect(url), await Peer.connect(url)
+    await writer.ok("open", name="trickle", subscribe=False)
+    probe_sid = (await writer.ok("open", name="trickle-probe", subscribe=False))["document"]["sid"]
+    await fast.ok("subscribe", doc="trickle")
+    slow = await SilentSocket.connect(url, receive_buffer=16384)
+    try:
+        await slow.send({"id": 1, "op": "subscribe", "doc": "trickle"})
+        await slow.send({"id": 2, "op": "subscribe", "doc": "trickle-probe"})
+        probe = keys.document_channel(service, probe_sid)
+        await eventually(lambda: _numsub(redis, probe, 1))
+        # It reads all along, at 200 KB/s: a tenth or less of what the writer produces.
+        reader = asyncio.create_task(slow.read_to_close(rate=200_000))
+
+        blob, written = "x" * 15_000, 0
+        while not await _numsub(redis, probe, 0):
+            assert written < 2000, "the slow client was never disconnected"
+            rounds = [
+                await writer.send_command("set", doc="trickle", data={"i": written + i, "blob": blob})
+                for i in range(20)
+            ]
+            for reply in rounds:
+                assert (await asyncio.wait_for(reply, WAIT))["ok"] is True
+            written += len(rounds)
+        gave_up = time.monotonic()
+        frames, code = await reader
+        closed_after = time.monotonic() - gave_up
+        assert code == 4508
+        # The close frame came right behind what the kernel and the transport held: at 200 KB/s,
+        # a couple of seconds of reading, not a minute.
+        late = sum(size for at, size in slow.received if at >= gave_up)
+        assert late < MAX_HELD, late
+        assert closed_after < 5.0, closed_after
+        texts = [json.loads(bytes(frame.data)) for frame in frames if frame.opcode is Opcode.TEXT]
+        revisions = [int(t["document"]["revision"], 16) for t in texts if t.get("event") == "updated"]
+        assert revisions == list(range(1, len(revisions) + 1)) and len(revisions) < written
+        print(f"slow reader: 4508 {closed_after:.2f}s after the server gave up, {late} bytes read meanwhile")
+
+        await fast.wait_until(lambda p: len(p.events) == written)
+        assert [int(e["document"]["revision"], 16) for e in fast.events] == list(range(1, written + 1))
         assert fast.close_code is None
     finally:
         slow.close()

@@ -3,6 +3,10 @@
 :meth:`Outbox.send` never blocks and never raises: the hub calls it for every subscriber in turn,
 so one slow client must not delay the others. Past ``max_buffered`` bytes waiting, the connection is
 closed with 4508 (too slow; the client reconnects and resubscribes with its last revisions).
+
+Under uvicorn the waiting bytes are those of the protocol's queue plus its transport; the kernel's
+socket buffer adds a small fixed amount (see ``uvicorn_ws.py``). The close drops the queue, so the
+4508 frame reaches the client right after what the transport and the kernel already hold.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def outbox_for(websocket: WebSocket, max_buffered: int) -> Outbox:
 
 
 class DirectOutbox:
-    """Writes each frame straight into the connection's transport buffer (no task, no queue)."""
+    """Writes each frame straight into the connection's transport, or its protocol's queue while the
+    transport is full (no task per connection)."""
 
     __slots__ = ("_closed", "_max", "_proto")
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -82,6 +82,10 @@ class RestApi:
             response = await self._handle(request)
         except errors.SyncError as exc:
             response = error_response(exc)
+        except ClientDisconnect:
+            # The client went away mid-body: nobody is left to answer, and it is no fault of ours.
+            log.debug("client disconnected during %s %s", scope["method"], scope["path"])
+            return
         except Exception:
             # A bug, not bad input: log it, and still answer in Twilio's format without a traceback.
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
@@ -128,7 +132,7 @@ def _route(segments: list[str], method: str) -> tuple[Handler, list[str]]:
     pattern, params = _match(segments)
     methods = ROUTES[pattern]
     if method not in methods:
-        raise errors.SyncError("Method not allowed", code=20004, status=405)
+        raise errors.MethodNotAllowed(methods)
     return methods[method], params
 
 

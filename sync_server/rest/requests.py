@@ -8,16 +8,24 @@ from starlette.requests import Request
 
 from sync_server import errors
 
+FORM = "application/x-www-form-urlencoded"
+
 
 async def read_form(request: Request, limit: int) -> dict[str, str]:
     """The ``application/x-www-form-urlencoded`` body as a dict (last value wins).
 
     A body over ``limit`` bytes is refused with 413 before it is read whole: at once when it
-    declares its length, after ``limit`` bytes when it is chunked.
+    declares its length, after ``limit`` bytes when it is chunked. A non-empty body of another
+    type (JSON, multipart, none declared) is refused with 415, unread when it declares its length.
     """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise _too_large(limit)
+    # Twilio takes forms only; a JSON or multipart body read as a form would be an empty one, and the
+    # request would "succeed" without what was sent. An empty body needs no type (curl -X POST).
+    is_form = request.headers.get("content-type", "").partition(";")[0].strip().lower() == FORM
+    if not is_form and declared not in (None, "0"):
+        raise _not_a_form()
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -28,6 +36,8 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
     body = b"".join(chunks)
     if not body:
         return {}
+    if not is_form:
+        raise _not_a_form()
     try:
         # Strict twice over: the raw body, and every %XX escape in it (parse_qs would otherwise
         # turn "%FF" into U+FFFD and store a name or data the client never sent).
@@ -36,6 +46,10 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
     except UnicodeDecodeError:
         raise errors.ValidationError("The request body is not valid UTF-8") from None
     return {key: values[-1] for key, values in fields.items()}
+
+
+def _not_a_form() -> errors.UnsupportedMediaType:
+    return errors.UnsupportedMediaType(f"The request body must be {FORM}")
 
 
 def _too_large(limit: int) -> errors.DataTooLarge:

@@ -16,5 +16,9 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 
 def error_response(error: errors.SyncError) -> Response:
-    headers = {"WWW-Authenticate": 'Basic realm="Sync API"'} if error.status == 401 else None
-    return json_response(error.to_dict(), error.status, headers)
+    headers: dict[str, str] = {}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="Sync API"'
+    if isinstance(error, errors.MethodNotAllowed):
+        headers["Allow"] = ", ".join(error.allowed)
+    return json_response(error.to_dict(), error.status, headers or None)
