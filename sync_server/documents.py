@@ -6,6 +6,9 @@ input validation and defaults, the ``default`` service alias, which operations n
 principal, and (through the store's scripts, atomically with each operation) access control and
 the event contract. Every call carries the :class:`~sync_server.principal.Principal` asking.
 
+Adapters import the records they render (:class:`Document`, :class:`Page`, …) from here: nothing but
+this module and the composition root (``app.py``) reaches into ``sync_server.store``.
+
 Access control (Twilio's semantics, for services with ``acl_enabled``): a restricted principal needs
 the document's ``read`` right to open, fetch or subscribe, ``write`` to set, update or change the
 TTL, and ``manage`` to remove; it may not create documents, list them, or touch services and
@@ -30,6 +33,17 @@ from sync_server.validation import (
     normalize_revision,
     parse_data,
 )
+
+__all__ = [
+    "Data",
+    "Document",
+    "DocumentService",
+    "JsonText",
+    "OpenMode",
+    "Page",
+    "Permission",
+    "Service",
+]
 
 OpenMode = Literal["open_or_create", "open_existing", "create_new"]
 

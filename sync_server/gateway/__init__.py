@@ -1,1 +1,2 @@
-"""Websocket gateways: the native protocol (``/ws``) and, later, Twilsock for the official JS SDK."""
+"""Websocket gateways: the native protocol (``/ws``) and Twilsock (``/v3/wsconnect``) for the official
+Twilio Sync JS SDK, both on the session core of ``session.py``."""

@@ -46,11 +46,11 @@ from protocol import (
 )
 from sync_server import errors
 from sync_server.dates import format_optional, format_timestamp
+from sync_server.documents import Document
 from sync_server.events import DocumentEvent
 from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
 from sync_server.gateway.session import Session
-from sync_server.store.models import Document
 from sync_server.tokens import AccessTokenExpired
 from sync_server.validation import normalize_revision
 

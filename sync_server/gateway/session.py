@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket
 
 from protocol import CloseCode, RateLimiter
 from sync_server import errors
+from sync_server.documents import Document
 from sync_server.events import DocumentEvent
 from sync_server.gateway.auth import Authenticated
 from sync_server.gateway.endpoint import SocketEndpoint
@@ -32,7 +33,6 @@ from sync_server.gateway.frames import OutFrame
 from sync_server.gateway.outbox import outbox_for
 from sync_server.gateway.subscriptions import Subscriptions
 from sync_server.principal import Principal
-from sync_server.store.models import Document
 from sync_server.tokens import AccessGrant, InvalidAccessTokenIssuer
 
 TOKEN_WARNING_SECONDS = 180

@@ -20,13 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sync_server import errors
-from sync_server.documents import DocumentService
+from sync_server.documents import Document, DocumentService
 from sync_server.events import DocumentEvent
 from sync_server.hub import Hub
 from sync_server.ids import DOCUMENT_PREFIX, is_sid
 from sync_server.principal import Principal
 from sync_server.store import keys
-from sync_server.store.models import Document
 
 # Events held for one document while its snapshot is read; a burst larger than this during one
 # subscribe round trip means the client could not keep up anyway.

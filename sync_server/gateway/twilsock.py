@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 
 from protocol import CloseCode
 from sync_server import errors
+from sync_server.documents import Document
 from sync_server.events import DocumentEvent
 from sync_server.gateway import twilsock_codec as codec
 from sync_server.gateway import twilsock_routes as routes
@@ -28,7 +29,6 @@ from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
 from sync_server.gateway.session import Session, SubscribeResult
 from sync_server.principal import Principal
-from sync_server.store.models import Document
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import orjson
 
 from sync_server import errors
 from sync_server.dates import format_optional, format_timestamp
+from sync_server.documents import Document
 from sync_server.events import DocumentEvent
-from sync_server.store.models import Document
 
 __all__ = [
     "DOCUMENT_MESSAGE_TYPE",

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sync_server import errors
-from sync_server.store.models import Page
+from sync_server.documents import Page
 from sync_server.validation import whole_number
 
 DEFAULT_PAGE_SIZE = 50

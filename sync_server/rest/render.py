@@ -8,7 +8,7 @@ from urllib.parse import quote
 import orjson
 
 from sync_server.dates import format_optional, format_timestamp
-from sync_server.store.models import Document, Permission, Service
+from sync_server.documents import Document, Permission, Service
 
 
 def service_url(base: str, service_sid: str) -> str:
