@@ -29,6 +29,7 @@ from sync_server.gateway.auth import SocketAuthenticator
 from sync_server.gateway.native import NativeEndpoint
 from sync_server.gateway.twilsock import TwilsockEndpoint
 from sync_server.hub import Hub
+from sync_server.rest import openapi
 from sync_server.rest.api import RestApi, RestConfig
 from sync_server.rest.auth import BasicAuth
 from sync_server.rest.responses import error_response, json_response
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/openapi.json", openapi.endpoint(settings.limits.max_body_bytes)),
             WebSocketRoute("/ws", native),
             # The official Twilio Sync JS SDK (Twilsock V3.0).
             WebSocketRoute("/v3/wsconnect", twilsock),
