@@ -31,6 +31,7 @@ from sync_server.hub import Hub
 from sync_server.rest.api import RestApi, RestConfig
 from sync_server.rest.auth import BasicAuth
 from sync_server.rest.responses import error_response, json_response
+from sync_server.store.conditions import WarningThrottle
 from sync_server.store.redis_store import RedisStore
 from sync_server.tokens import TokenVerifier
 
@@ -91,9 +92,11 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     twilsock = TwilsockEndpoint(core, hub, authenticator, settings.limits)
 
     async def healthz(request: Request) -> Response:
-        if await store.ping():
+        # 503 when degraded too: writes fail, so a load balancer should prefer another instance.
+        health = await store.health()
+        if health.status == "ok":
             return json_response({"status": "ok"})
-        return json_response({"status": "unavailable", "detail": "Redis is unreachable"}, 503)
+        return json_response({"status": health.status, "detail": health.detail}, 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -148,11 +151,15 @@ async def _sweep_forever(store: RedisStore, interval: float) -> None:
     must not depend on them: this loop bounds the delay of a ``removed`` event by ``interval``.
     """
     task = asyncio.current_task()
+    # A failure tends to repeat on every sweep, five times a second: log it once per interval.
+    throttle = WarningThrottle()
     while True:
         try:
             await store.sweep_expired()
+        except errors.SyncError as exc:
+            throttle.warn("store", "expiry sweep failed: %s", exc.message, exc_info=False)
         except Exception:
-            log.exception("expiry sweep failed")
+            throttle.warn("bug", "expiry sweep failed", exc_info=True)
         # redis-py can swallow a cancellation that lands inside a command; without this check a
         # shutdown would wait on this loop until the process is killed.
         if task is not None and task.cancelling():

@@ -16,7 +16,8 @@ place each (``rest/responses.py``, the gateway's reply encoder); nothing else fo
     ├── UniqueNameConflict         54301 / 409
     ├── RevisionMismatch           54103 / 412
     ├── RateLimited                54009 / 429
-    └── UnavailableError           20500-ish / 503 (Redis unreachable)
+    └── UnavailableError           20503 / 503 (Redis unreachable, loading, busy, read-only…)
+        └── StoreFull              20507 / 507 (Redis out of memory: writes refused, reads work)
 """
 
 from __future__ import annotations
@@ -111,6 +112,19 @@ class RateLimited(SyncError):
 class UnavailableError(SyncError):
     code = 20503
     status = 503
+
+
+class StoreFull(UnavailableError):
+    """Redis refuses writes because it is out of memory (``maxmemory`` with ``noeviction``).
+
+    507 Insufficient Storage rather than 503: the server is up and reads still work, only storing
+    fails, and generic HTTP retry policies (which retry 503) should not hammer a full store. 20507
+    follows Twilio's HTTP-derived codes (20404, 20429, 20503); Twilio itself has no such code.
+    A subclass of :class:`UnavailableError`, so code that tolerates a store outage tolerates this too.
+    """
+
+    code = 20507
+    status = 507
 
 
 # Validation codes, named once so that REST and the sockets agree.
