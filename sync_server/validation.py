@@ -181,13 +181,32 @@ def _ttl_error() -> errors.ValidationError:
 
 
 def check_unique_name(name: str) -> str:
-    """1 to 320 characters, and not shaped like a SID (which would make ``/Documents/{Sid}`` ambiguous)."""
+    """1 to 320 characters, not shaped like a SID (which would make ``/Documents/{Sid}`` ambiguous),
+    and without a ``.`` or ``..`` path segment.
+
+    HTTP stacks remove dot segments from a URL before sending it (RFC 3986 section 5.2.4; WHATWG
+    URLs also decode ``%2e`` and split on ``\\``), and the helper libraries put the name into the
+    path unencoded: ``documents("..").delete()`` would send ``DELETE /v1/Services/{Sid}``.
+    """
     if not 1 <= len(name) <= MAX_UNIQUE_NAME or SID_SHAPE.fullmatch(name):
         raise errors.ValidationError(
             f"Invalid UniqueName: it must be 1 to {MAX_UNIQUE_NAME} characters and must not look like a SID",
             code=errors.INVALID_UNIQUE_NAME,
         )
+    if ("." in name or "%" in name) and _has_dot_segment(name):
+        raise errors.ValidationError(
+            "Invalid UniqueName: '.' and '..' may not be segments of it (between '/' or '\\')",
+            code=errors.INVALID_UNIQUE_NAME,
+        )
     return name
+
+
+_DOT_SEGMENTS = frozenset({".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"})
+
+
+def _has_dot_segment(name: str) -> bool:
+    segments = name.replace("\\", "/").split("/")
+    return any(segment.lower() in _DOT_SEGMENTS for segment in segments)
 
 
 def check_identity(identity: str) -> str:
