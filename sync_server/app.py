@@ -27,6 +27,7 @@ from sync_server.core import SyncCore
 from sync_server.gateway.auth import SocketAuthenticator
 from sync_server.gateway.native import NativeEndpoint
 from sync_server.gateway.twilsock import TwilsockEndpoint
+from sync_server.hosts import HostPolicy, refuse
 from sync_server.hub import Hub
 from sync_server.rest.api import RestApi, RestConfig
 from sync_server.rest.auth import BasicAuth
@@ -45,18 +46,24 @@ class SyncApp:
     websockets, static files) through Starlette's router.
 
     The REST API maps every error to Twilio's format itself, so Starlette's middleware stack (about a
-    tenth of a REST write's CPU) would add nothing on that path.
+    tenth of a REST write's CPU) would add nothing on that path. Every request's Host is checked
+    first (hosts.py): links in responses are built from it.
     """
 
-    def __init__(self, starlette: Starlette, rest: RestApi, sockets: dict[str, ASGIApp]) -> None:
+    def __init__(
+        self, starlette: Starlette, rest: RestApi, sockets: dict[str, ASGIApp], hosts: HostPolicy
+    ) -> None:
         self.starlette = starlette
         self.rest = rest
         self.sockets = sockets
+        self.hosts = hosts
         self.state = starlette.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" and scope["path"].startswith("/v1/"):
+        if kind != "lifespan" and not self.hosts.allows_scope(scope):
+            await refuse(scope, receive, send)
+        elif kind == "http" and scope["path"].startswith("/v1/"):
             await self.rest(scope, receive, send)
         elif kind == "websocket" and scope["path"] in self.sockets:
             # Straight to the endpoint: every idle connection would otherwise keep Starlette's
@@ -141,7 +148,8 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     app.state.store = store
     app.state.hub = hub
     app.state.settings = settings
-    return SyncApp(app, rest, {"/ws": native, "/v3/wsconnect": twilsock})
+    sockets: dict[str, ASGIApp] = {"/ws": native, "/v3/wsconnect": twilsock}
+    return SyncApp(app, rest, sockets, HostPolicy(settings.allowed_hosts))
 
 
 async def _sweep_forever(store: RedisStore, interval: float) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sync_server.hosts import ANY, default_allowed_hosts, parse_allowed_hosts
+
 DEFAULT_DATA_DIR = ".sync-data"
 
 
@@ -44,6 +46,9 @@ class Settings:
     expiry_interval: float = 0.2
     """Seconds between sweeps for expired documents (the bound on how late a ``removed`` event may be)."""
     limits: Limits = Limits()
+    allowed_hosts: tuple[str, ...] = (ANY,)
+    """Host header patterns answered (see hosts.py). :meth:`from_env` defaults to the listening
+    address and localhost; settings built in code (tests, embedding) allow any Host unless told."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +65,9 @@ class Settings:
             ping_interval=float(env.get("SYNC_PING_INTERVAL", Limits.ping_interval)),
         )
         public_url = env.get("SYNC_PUBLIC_URL") or None
+        allowed_hosts = parse_allowed_hosts(env.get("SYNC_ALLOWED_HOSTS", "")) or default_allowed_hosts(
+            env.get("SYNC_HOST") or "127.0.0.1", int(env.get("SYNC_PORT") or 8080), public_url
+        )
         return cls(
             redis_url=env.get("SYNC_REDIS_URL", "redis://127.0.0.1:6379/0"),
             data_dir=Path(env.get("SYNC_DATA_DIR", DEFAULT_DATA_DIR)),
@@ -70,4 +78,5 @@ class Settings:
             public_url=public_url.rstrip("/") if public_url else None,
             expiry_interval=float(env.get("SYNC_EXPIRY_INTERVAL", "0.2")),
             limits=limits,
+            allowed_hosts=allowed_hosts,
         )

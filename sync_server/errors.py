@@ -16,6 +16,7 @@ place each (``rest/responses.py``, the gateway's reply encoder); nothing else fo
     ├── UniqueNameConflict         54301 / 409
     ├── RevisionMismatch           54103 / 412
     ├── RateLimited                54009 / 429
+    ├── HostNotAllowed             20001 / 400 (a Host header outside the allowed hosts)
     └── UnavailableError           20503 / 503 (Redis unreachable, loading, busy, read-only…)
         └── StoreFull              20507 / 507 (Redis out of memory: writes refused, reads work)
 """
@@ -125,6 +126,10 @@ class StoreFull(UnavailableError):
 
     code = 20507
     status = 507
+
+
+class HostNotAllowed(ValidationError):
+    """The request's ``Host`` is not one this server may put into links (see ``hosts.py``)."""
 
 
 # Validation codes, named once so that REST and the sockets agree.
