@@ -233,6 +233,9 @@ async def test_a_busy_redis_answers_503_and_healthz_says_why(
             await asyncio.sleep(0.3)  # past the 100 ms after which Redis answers BUSY
             refused = await http.post(f"/v1/Services/{service}/Documents", data={"Data": "{}"})
             assert error_of(refused) == UNAVAILABLE
+            # The routes that call redis-py directly map the reply the same way.
+            assert error_of(await http.get("/v1/Services")) == UNAVAILABLE
+            assert error_of(await http.get(f"/v1/Services/{service}")) == UNAVAILABLE
             health = await http.get("/healthz")
             assert (health.status_code, health.json()["status"]) == (503, "degraded")
             assert health.json()["detail"] == "Redis is busy running a script"
