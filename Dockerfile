@@ -12,8 +12,8 @@
 #
 # Host names: links in responses (url, links, next_page_url) are built from the request's Host, so the
 # server answers only Hosts it is told about (others get 400; /healthz answers any). The default is
-# localhost, 127.0.0.1 and [::1] on port 8080, which is what `-p 8080:8080` and a browser or curl on
-# the Docker host send. Reached under any other name or port, set one of:
+# localhost, 127.0.0.1 and [::1] on any port: what a browser or curl on the Docker host sends through
+# `-p 8080:8080` (or any other published port). Reached under any other name, set one of:
 #   -e SYNC_PUBLIC_URL=https://sync.example.com   the URL clients use: the base of every link, and
 #                                                 its host is then allowed too
 #   -e SYNC_ALLOWED_HOSTS=sync:8080,*.example.com  Host patterns (host, host:port, *.domain)

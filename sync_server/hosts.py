@@ -11,8 +11,8 @@ unless its Host matches the allowed hosts (``SYNC_ALLOWED_HOSTS`` / ``--allowed-
 - ``*`` matches anything: for a server behind a proxy, which must then set a public URL, so
   that links never follow the Host at all (the CLI refuses ``*`` without one).
 
-The default is the listening address (unless it is a wildcard such as ``0.0.0.0``), ``localhost``,
-``127.0.0.1`` and ``[::1]``, each with the listening port, plus the host of the public URL.
+The default is the listening address with the listening port (unless it is a wildcard such as
+``0.0.0.0``), ``localhost``, ``127.0.0.1`` and ``[::1]`` on any port, and the public URL's host.
 The same rule holds with a public URL: a server should not answer for names it was not given.
 A request without a Host (HTTP/1.0) is answered: its links use the socket's own address.
 """
@@ -55,13 +55,22 @@ def _valid_pattern(pattern: str) -> bool:
 
 
 def default_allowed_hosts(bind_host: str, port: int, public_url: str | None = None) -> tuple[str, ...]:
-    """The listening address and the loopback names with the listening port, and the public host."""
-    names: list[str] = []
+    """The listening address with the listening port, the loopback names on any port, and the
+    public URL's host.
+
+    Loopback on any port, because port forwarding (``docker run -p 9000:8080``, ``ssh -L``,
+    ``kubectl port-forward``) changes the port a client sees, and a link to a loopback name can
+    only lead back to the client's own machine, never to someone who forged it.
+    """
+    allowed: list[str] = []
     bind = bind_host.strip().lower()
-    if bind not in _WILDCARD_BINDS:
-        names.append(f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind)
-    names += [name for name in _LOOPBACK if name not in names]
-    allowed = [f"{name}:{port}" for name in names]
+    if bind in _WILDCARD_BINDS:
+        bind = ""
+    elif ":" in bind and not bind.startswith("["):
+        bind = f"[{bind}]"  # an IPv6 literal, as a Host header spells it
+    if bind and bind not in _LOOPBACK:
+        allowed.append(f"{bind}:{port}")
+    allowed += _LOOPBACK
     if public_url:
         netloc = urlsplit(public_url).netloc.rpartition("@")[2].lower()
         if netloc and netloc not in allowed:

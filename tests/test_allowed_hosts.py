@@ -25,11 +25,14 @@ PUBLIC = "https://sync.example.com/base"
 # -- the rule, pure --------------------------------------------------------------------------------------
 
 
-def test_defaults_are_the_listening_address_and_loopback_with_the_port() -> None:
-    assert default_allowed_hosts("127.0.0.1", 8080) == ("127.0.0.1:8080", "localhost:8080", "[::1]:8080")
-    assert default_allowed_hosts("0.0.0.0", 80) == ("localhost:80", "127.0.0.1:80", "[::1]:80")
-    assert default_allowed_hosts("::", 9000) == ("localhost:9000", "127.0.0.1:9000", "[::1]:9000")
-    assert default_allowed_hosts("::1", 9000) == ("[::1]:9000", "localhost:9000", "127.0.0.1:9000")
+def test_defaults_are_the_listening_address_and_loopback() -> None:
+    loopback = ("localhost", "127.0.0.1", "[::1]")
+    assert default_allowed_hosts("127.0.0.1", 8080) == loopback
+    assert default_allowed_hosts("0.0.0.0", 80) == loopback
+    assert default_allowed_hosts("::", 9000) == loopback
+    assert default_allowed_hosts("::1", 9000) == loopback
+    assert default_allowed_hosts("10.0.0.5", 9000) == ("10.0.0.5:9000", *loopback)
+    assert default_allowed_hosts("fd00::5", 9000) == ("[fd00::5]:9000", *loopback)
     assert default_allowed_hosts("Sync.Local", 1)[0] == "sync.local:1"
     assert default_allowed_hosts("0.0.0.0", 8080, PUBLIC)[-1] == "sync.example.com"
     assert (
@@ -40,8 +43,8 @@ def test_defaults_are_the_listening_address_and_loopback_with_the_port() -> None
 
 def test_settings_from_env_use_the_listening_address() -> None:
     env = dict(TEST_CREDENTIALS_ENV, SYNC_HOST="10.1.2.3", SYNC_PORT="9001")
-    assert Settings.from_env(env).allowed_hosts[:2] == ("10.1.2.3:9001", "localhost:9001")
-    assert Settings.from_env(TEST_CREDENTIALS_ENV).allowed_hosts[0] == "127.0.0.1:8080"
+    assert Settings.from_env(env).allowed_hosts[:2] == ("10.1.2.3:9001", "localhost")
+    assert Settings.from_env(TEST_CREDENTIALS_ENV).allowed_hosts == ("localhost", "127.0.0.1", "[::1]")
     listed = dict(env, SYNC_ALLOWED_HOSTS=" A.example:1, ,*.b.example ")
     assert Settings.from_env(listed).allowed_hosts == ("a.example:1", "*.b.example")
 
@@ -49,20 +52,25 @@ def test_settings_from_env_use_the_listening_address() -> None:
 @pytest.mark.parametrize(
     ("host", "allowed"),
     [
+        ("10.0.0.5:8080", True),
+        ("10.0.0.5:8081", False),
+        ("10.0.0.5", False),
         ("localhost:8080", True),
-        ("LOCALHOST:8080", True),
+        ("LOCALHOST:9000", True),
         ("localhost.:8080", True),
-        ("127.0.0.1:8080", True),
+        ("localhost", True),
+        ("127.0.0.1:1", True),
         ("[::1]:8080", True),
+        ("[::1]", True),
         (None, True),  # HTTP/1.0: links then use the socket's own address
-        ("localhost", False),
-        ("localhost:8081", False),
-        ("[::1]", False),
         (EVIL, False),
         (f"{EVIL}:8080", False),
         ("localhost:8080@evil.example", False),
         ("localhost:8080/x", False),
         ("localhost:8080 evil", False),
+        ("localhost:http", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.evil.example:8080", False),
         ("", False),
         ("sync.example.com", True),
         ("sync.example.com:444", True),
@@ -76,15 +84,13 @@ def test_settings_from_env_use_the_listening_address() -> None:
     ],
 )
 def test_host_policy(host: str | None, allowed: bool) -> None:
-    policy = HostPolicy(
-        [
-            *default_allowed_hosts("127.0.0.1", 8080),
-            "sync.example.com",
-            "*.corp.example",
-            "pinned.example:443",
-        ]
-    )
-    assert policy.allows(host) is allowed
+    patterns = [
+        *default_allowed_hosts("10.0.0.5", 8080),
+        "sync.example.com",
+        "*.corp.example",
+        "pinned.example:443",
+    ]
+    assert HostPolicy(patterns).allows(host) is allowed
 
 
 def test_star_allows_any_host() -> None:
@@ -148,10 +154,13 @@ def test_a_forged_host_is_refused_on_the_websocket_handshakes(server: ServerProc
     for path in ("/ws", "/v3/wsconnect"):
         assert handshake_status(server, path, EVIL) == 400
         assert handshake_status(server, path, f"127.0.0.1:{server.port}") == 101
+        assert handshake_status(server, path, f"{EVIL}:{server.port}") == 400
 
 
-def test_links_use_an_allowed_host(server: ServerProcess) -> None:
-    host = f"localhost:{server.port}"
+@pytest.mark.parametrize("port", ["own", "forwarded"])
+def test_links_use_an_allowed_host(server: ServerProcess, port: str) -> None:
+    # A forwarded port (docker -p 9000:8080, ssh -L) is what the client sees: links keep it.
+    host = f"localhost:{server.port if port == 'own' else 9000}"
     page = get(server, "/v1/Services/default/Documents?PageSize=1", host)
     assert page.status_code == 200
     assert page.json()["meta"]["url"].startswith(f"http://{host}/v1/Services/")

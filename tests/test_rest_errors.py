@@ -410,10 +410,8 @@ async def test_real_server_answers_413_before_the_body_is_sent(server: ServerPro
     try:
         writer.write(
             b"POST /v1/Services/IS00000000000000000000000000000000/Documents HTTP/1.1\r\n"
-            + b"Host: 127.0.0.1:%d\r\n" % server.port
-            + b"Authorization: "
-            + AUTH_HEADER.encode()
-            + b"\r\n"
+            b"Host: 127.0.0.1\r\n"
+            b"Authorization: " + AUTH_HEADER.encode() + b"\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n"
             b"Content-Length: 1048576\r\n\r\n"
         )
