@@ -56,7 +56,6 @@ HTTP_REASONS = {
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
-    507: "Insufficient Storage",
 }
 
 
