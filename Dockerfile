@@ -9,6 +9,15 @@
 # -e SYNC_ACCOUNT_SID=AC… -e SYNC_AUTH_TOKEN=… chooses the credentials (they are then never printed);
 # -e SYNC_REDIS_URL=redis://host:port/0 points at another Redis; -e SYNC_REDIS_URL= (empty) runs the
 # bundled Valkey inside the container instead, persisting to /data/redis.
+#
+# Host names: links in responses (url, links, next_page_url) are built from the request's Host, so the
+# server answers only Hosts it is told about (others get 400; /healthz answers any). The default is
+# localhost, 127.0.0.1 and [::1] on any port: what a browser or curl on the Docker host sends through
+# `-p 8080:8080` (or any other published port). Reached under any other name, set one of:
+#   -e SYNC_PUBLIC_URL=https://sync.example.com   the URL clients use: the base of every link, and
+#                                                 its host is then allowed too
+#   -e SYNC_ALLOWED_HOSTS=sync:8080,*.example.com  Host patterns (host, host:port, *.domain)
+# Behind a reverse proxy that rewrites Host, use SYNC_PUBLIC_URL with SYNC_ALLOWED_HOSTS='*'.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -21,7 +21,7 @@ from typing import Any, cast, get_args
 
 import orjson
 
-from protocol.errors import INVALID_COMMAND, INVALID_DATA, INVALID_TTL, ProtocolError
+from protocol.errors import INVALID_COMMAND, INVALID_DATA, INVALID_JSON, INVALID_TTL, ProtocolError
 from protocol.limits import MAX_ID_LENGTH
 from protocol.messages import (
     REMOVAL_REASONS,
@@ -69,6 +69,8 @@ _MAX_SAFE_INTEGER = 2**53 - 1
 # integer, so those (rare) frames are parsed by the stdlib instead, which keeps them exact.
 _LONG_DIGITS_TEXT = re.compile(r"[0-9]{19,}")
 _LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19,}")
+# How orjson says a document nests deeper than it reads (1,024 levels; older releases: "Recursion").
+_DEPTH_MESSAGE = re.compile(r"(depth|recursion) limit", re.IGNORECASE)
 
 
 # --- JSON -----------------------------------------------------------------------------------------------
@@ -84,9 +86,18 @@ def _loads(frame: str | bytes) -> Any:
         if _LONG_DIGITS_BYTES.search(frame) is None:
             return orjson.loads(frame)
         return _loads_exact(frame.decode())
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeError are ValueErrors
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeError are ValueErrors
+        if isinstance(exc, orjson.JSONDecodeError) and _DEPTH_MESSAGE.match(exc.msg):
+            raise _too_deep() from None
         # ``from None``: parser messages quote the frame, which may hold a token.
         raise ProtocolError(INVALID_COMMAND, "frame is not valid UTF-8 JSON") from None
+
+
+def _too_deep() -> ProtocolError:
+    # The id cannot be read from a frame that does not parse: the reply carries "id": null.
+    return ProtocolError(INVALID_JSON, "frame is not valid JSON: nested too deeply")
 
 
 def _loads_exact(text: str) -> Any:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["INVALID_COMMAND", "INVALID_DATA", "INVALID_TTL", "ProtocolError"]
+__all__ = ["INVALID_COMMAND", "INVALID_DATA", "INVALID_JSON", "INVALID_TTL", "ProtocolError"]
 
 # Twilio codes, the same numbers the REST API uses for the same mistakes (see sync_server/errors.py; this
 # package may not import it, so the three it needs are repeated here).
 INVALID_COMMAND = 20001
 """Not JSON, not an object, bad ``id``, unknown ``op``, a missing or mistyped field."""
+INVALID_JSON = 54008
+"""A frame nested deeper than the JSON parser reads (1,024 levels); ``data`` over the server's
+nesting limit gets the same code from the server."""
 INVALID_DATA = 54101
 """``data`` is not a JSON object."""
 INVALID_TTL = 54011

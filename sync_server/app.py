@@ -28,11 +28,13 @@ from sync_server.documents import DocumentService
 from sync_server.gateway.auth import SocketAuthenticator
 from sync_server.gateway.native import NativeEndpoint
 from sync_server.gateway.twilsock import TwilsockEndpoint
+from sync_server.hosts import HostPolicy, refuse
 from sync_server.hub import Hub
 from sync_server.rest import openapi
 from sync_server.rest.api import RestApi, RestConfig
 from sync_server.rest.auth import BasicAuth
 from sync_server.rest.responses import error_response, json_response
+from sync_server.store.conditions import WarningThrottle
 from sync_server.store.redis_store import RedisStore
 from sync_server.tokens import TokenVerifier
 
@@ -46,18 +48,24 @@ class SyncApp:
     websockets, static files) through Starlette's router.
 
     The REST API maps every error to Twilio's format itself, so Starlette's middleware stack (about a
-    tenth of a REST write's CPU) would add nothing on that path.
+    tenth of a REST write's CPU) would add nothing on that path. Every request's Host is checked
+    first (hosts.py): links in responses are built from it.
     """
 
-    def __init__(self, starlette: Starlette, rest: RestApi, sockets: dict[str, ASGIApp]) -> None:
+    def __init__(
+        self, starlette: Starlette, rest: RestApi, sockets: dict[str, ASGIApp], hosts: HostPolicy
+    ) -> None:
         self.starlette = starlette
         self.rest = rest
         self.sockets = sockets
+        self.hosts = hosts
         self.state = starlette.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" and scope["path"].startswith("/v1/"):
+        if kind != "lifespan" and not self.hosts.allows_scope(scope):
+            await refuse(scope, receive, send)
+        elif kind == "http" and scope["path"].startswith("/v1/"):
             await self.rest(scope, receive, send)
         elif kind == "websocket" and scope["path"] in self.sockets:
             # Straight to the endpoint: every idle connection would otherwise keep Starlette's
@@ -93,9 +101,11 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     twilsock = TwilsockEndpoint(documents, hub, authenticator, settings.limits)
 
     async def healthz(request: Request) -> Response:
-        if await store.ping():
+        # 503 when degraded too: writes fail, so a load balancer should prefer another instance.
+        health = await store.health()
+        if health.status == "ok":
             return json_response({"status": "ok"})
-        return json_response({"status": "unavailable", "detail": "Redis is unreachable"}, 503)
+        return json_response({"status": health.status, "detail": health.detail}, 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -139,7 +149,8 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         exception_handlers={404: not_found, 405: not_found},
     )
     app.state.store = store
-    return SyncApp(app, rest, {"/ws": native, "/v3/wsconnect": twilsock})
+    sockets: dict[str, ASGIApp] = {"/ws": native, "/v3/wsconnect": twilsock}
+    return SyncApp(app, rest, sockets, HostPolicy(settings.allowed_hosts))
 
 
 async def _sweep_forever(store: RedisStore, interval: float) -> None:
@@ -149,11 +160,15 @@ async def _sweep_forever(store: RedisStore, interval: float) -> None:
     must not depend on them: this loop bounds the delay of a ``removed`` event by ``interval``.
     """
     task = asyncio.current_task()
+    # A failure tends to repeat on every sweep, five times a second: log it once per interval.
+    throttle = WarningThrottle()
     while True:
         try:
             await store.sweep_expired()
+        except errors.SyncError as exc:
+            throttle.warn("store", "expiry sweep failed: %s", exc.message, exc_info=False)
         except Exception:
-            log.exception("expiry sweep failed")
+            throttle.warn("bug", "expiry sweep failed", exc_info=True)
         # redis-py can swallow a cancellation that lands inside a command; without this check a
         # shutdown would wait on this loop until the process is killed.
         if task is not None and task.cancelling():

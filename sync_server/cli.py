@@ -30,6 +30,7 @@ from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsEr
 from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
 from sync_server.embedded_record import ServerInfo, embedded_server, start_recorded
 from sync_server.errors import SyncError
+from sync_server.hosts import ANY, invalid_patterns, parse_allowed_hosts
 from sync_server.tokens import MAX_TOKEN_LIFETIME, mint_access_token
 
 if TYPE_CHECKING:
@@ -118,6 +119,14 @@ def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         help="the URL clients reach this server at, for links in responses (env SYNC_PUBLIC_URL)",
     )
     serve.add_argument(
+        "--allowed-hosts",
+        type=_allowed_hosts,
+        default=env.get("SYNC_ALLOWED_HOSTS") or None,
+        help="comma-separated Host header patterns to answer: host, host:port, *.domain, or * (any, "
+        "needs --public-url); default: the listening address and localhost with the port, and the "
+        "public URL's host (env SYNC_ALLOWED_HOSTS)",
+    )
+    serve.add_argument(
         "--workers", type=_positive_int, default=env.get("SYNC_WORKERS") or "1", help="(env SYNC_WORKERS)"
     )
     serve.add_argument(
@@ -157,6 +166,14 @@ def _token_ttl(text: str) -> int:
     return ttl
 
 
+def _allowed_hosts(text: str) -> str:
+    patterns = parse_allowed_hosts(text)
+    bad = invalid_patterns(patterns)
+    if bad:
+        raise argparse.ArgumentTypeError(f"not a host[:port] pattern: {bad[0]!r}")
+    return ",".join(patterns)
+
+
 def _redis_url(text: str) -> str:
     if not text.startswith(REDIS_SCHEMES):
         raise argparse.ArgumentTypeError(f"expected a {', '.join(REDIS_SCHEMES)} URL, got {text!r}")
@@ -166,6 +183,9 @@ def _redis_url(text: str) -> str:
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT, then stop the embedded Redis (if any) after uvicorn."""
     data_dir: Path = args.data_dir.absolute()
+    if args.allowed_hosts and ANY in args.allowed_hosts.split(",") and not args.public_url:
+        # Links would follow whatever Host a client sends (see hosts.py).
+        raise CliError("--allowed-hosts '*' needs --public-url (SYNC_PUBLIC_URL), the base of links")
     credentials, from_file = resolve_credentials(data_dir, os.environ)
     _check_port_free(args.host, args.port)
     # Checked before anything starts: a server that may not read the data must not touch it.
@@ -182,7 +202,7 @@ def serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             redis = RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS, binary=embedded.path)
             redis_url = stack.push(start_recorded(redis, embedded)).url
-        os.environ.update(_server_env(credentials, redis_url, data_dir, args.public_url))
+        os.environ.update(_server_env(credentials, redis_url, data_dir, args))
         _run_uvicorn(args)
     return 0
 
@@ -249,9 +269,12 @@ def _print_embedded(server: ServerInfo, directory: Path) -> None:
 
 
 def _server_env(
-    credentials: Credentials, redis_url: str, data_dir: Path, public_url: str | None
+    credentials: Credentials, redis_url: str, data_dir: Path, args: argparse.Namespace
 ) -> dict[str, str]:
+    # The listening address, so that the app's default allowed hosts match it (config.py).
     env = {
+        "SYNC_HOST": str(args.host),
+        "SYNC_PORT": str(args.port),
         "SYNC_REDIS_URL": redis_url,
         "SYNC_DATA_DIR": str(data_dir),
         "SYNC_ACCOUNT_SID": credentials.account_sid,
@@ -259,8 +282,10 @@ def _server_env(
         "SYNC_API_KEY_SID": credentials.api_key_sid,
         "SYNC_API_KEY_SECRET": credentials.api_key_secret,
     }
-    if public_url:
-        env["SYNC_PUBLIC_URL"] = public_url
+    if args.public_url:
+        env["SYNC_PUBLIC_URL"] = str(args.public_url)
+    if args.allowed_hosts:
+        env["SYNC_ALLOWED_HOSTS"] = str(args.allowed_hosts)
     return env
 
 

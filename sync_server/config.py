@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sync_server.hosts import ANY, default_allowed_hosts, parse_allowed_hosts
+
 DEFAULT_DATA_DIR = ".sync-data"
 
 
@@ -54,6 +56,9 @@ class Settings:
     expiry_interval: float = 0.2
     """Seconds between sweeps for expired documents (the bound on how late a ``removed`` event may be)."""
     limits: Limits = Limits()
+    allowed_hosts: tuple[str, ...] = (ANY,)
+    """Host header patterns answered (see hosts.py). :meth:`from_env` defaults to the listening
+    address and localhost; settings built in code (tests, embedding) allow any Host unless told."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +80,9 @@ class Settings:
             keep_alive_timeout=int(env.get("SYNC_KEEP_ALIVE_TIMEOUT", Limits.keep_alive_timeout)),
         )
         public_url = env.get("SYNC_PUBLIC_URL") or None
+        allowed_hosts = parse_allowed_hosts(env.get("SYNC_ALLOWED_HOSTS", "")) or default_allowed_hosts(
+            env.get("SYNC_HOST") or "127.0.0.1", int(env.get("SYNC_PORT") or 8080), public_url
+        )
         return cls(
             redis_url=env.get("SYNC_REDIS_URL", "redis://127.0.0.1:6379/0"),
             data_dir=Path(env.get("SYNC_DATA_DIR", DEFAULT_DATA_DIR)),
@@ -85,4 +93,5 @@ class Settings:
             public_url=public_url.rstrip("/") if public_url else None,
             expiry_interval=float(env.get("SYNC_EXPIRY_INTERVAL", "0.2")),
             limits=limits,
+            allowed_hosts=allowed_hosts,
         )

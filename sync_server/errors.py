@@ -19,7 +19,9 @@ place each (``rest/responses.py``, the gateway's reply encoder); nothing else fo
     ├── MethodNotAllowed           20004 / 405, with the allowed methods (the ``Allow`` header)
     ├── UnsupportedMediaType       20001 / 415 (a body that is not a form)
     ├── RequestHeadTooLarge        20001 / 431 (headers) or 414 (request line), before any parsing
-    └── UnavailableError           20500-ish / 503 (Redis unreachable)
+    ├── HostNotAllowed             20001 / 400 (a Host header outside the allowed hosts)
+    └── UnavailableError           20503 / 503 (Redis unreachable, loading, busy, read-only…)
+        └── StoreFull              20507 / 507 (Redis out of memory: writes refused, reads work)
 """
 
 from __future__ import annotations
@@ -147,6 +149,23 @@ class RequestHeadTooLarge(SyncError):
 class UnavailableError(SyncError):
     code = 20503
     status = 503
+
+
+class StoreFull(UnavailableError):
+    """Redis refuses writes because it is out of memory (``maxmemory`` with ``noeviction``).
+
+    507 Insufficient Storage rather than 503: the server is up and reads still work, only storing
+    fails, and generic HTTP retry policies (which retry 503) should not hammer a full store. 20507
+    follows Twilio's HTTP-derived codes (20404, 20429, 20503); Twilio itself has no such code.
+    A subclass of :class:`UnavailableError`, so code that tolerates a store outage tolerates this too.
+    """
+
+    code = 20507
+    status = 507
+
+
+class HostNotAllowed(ValidationError):
+    """The request's ``Host`` is not one this server may put into links (see ``hosts.py``)."""
 
 
 # Validation codes, named once so that REST and the sockets agree.

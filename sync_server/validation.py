@@ -13,6 +13,11 @@ from sync_server import errors
 from sync_server.ids import SID_SHAPE
 
 MAX_DATA_BYTES = 16 * 1024
+MAX_DATA_DEPTH = 64
+"""Deepest nesting of objects and arrays in ``Data``, the data object itself being level 1
+(``{}`` is 1, ``{"a": [{}]}`` is 3). Far below what parsers choke on (orjson writes at most 254
+levels, Python's json about 1,000, orjson reads 1,024), so whatever is stored every client can
+read and write back; no real document needs more."""
 MAX_TTL = 31_536_000
 MAX_UNIQUE_NAME = 320
 MAX_IDENTITY = 256
@@ -23,6 +28,12 @@ MAX_IDENTITY = 256
 # such an integer (or a long fraction), so that text takes the exact stdlib path. A false alarm
 # (digits inside a string) only costs speed.
 _LONG_DIGITS = re.compile(rb"\d{19,}")
+# For the depth walk: a JSON string, the bytes that are neither brackets nor quotes, and the map
+# of both kinds of brackets onto one (only nesting matters, and the text is valid JSON).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
+_NOT_BRACKETS_OR_QUOTES = bytes(b for b in range(256) if b not in b'{}[]"')
+_SQUARE = bytes.maketrans(b"{}", b"[]")
 
 
 def _invalid_json(reason: str) -> errors.ValidationError:
@@ -57,10 +68,12 @@ def parse_data(text: str | bytes) -> bytes:
             pass  # maybe 1e400 or a lone surrogate escape: the stdlib path below says which
     try:
         value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):
-        # ValueError covers malformed text, non-UTF-8 bytes, NaN/Infinity, 1e400 and integers
-        # beyond Python's 4300-digit conversion limit.
+    except ValueError:
+        # Malformed text, non-UTF-8 bytes, NaN/Infinity, 1e400 and integers beyond Python's
+        # 4300-digit conversion limit.
         raise _invalid_json("the document data must be a JSON object") from None
+    except RecursionError:
+        raise _too_deep() from None
     return encode_data(value, compact=_stdlib_compact)
 
 
@@ -72,10 +85,13 @@ def _stdlib_compact(value: Any) -> bytes:
         raise _invalid_json("a string holds an unpaired surrogate") from None
     except ValueError:
         raise _invalid_json("a number is out of range") from None
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def encode_data(value: Any, compact: Any = orjson.dumps) -> bytes:
-    """Checks that ``value`` is a JSON object within the size limit and returns its compact JSON."""
+    """Checks that ``value`` is a JSON object within the size and depth limits and returns its
+    compact JSON. Every path that stores data (REST, both websocket protocols) comes through here."""
     if not isinstance(value, dict):
         raise errors.ValidationError(
             "Invalid document data: the data must be a JSON object", code=errors.INVALID_DATA
@@ -83,10 +99,47 @@ def encode_data(value: Any, compact: Any = orjson.dumps) -> bytes:
     try:
         encoded: bytes = compact(value)
     except (TypeError, ValueError, orjson.JSONEncodeError):
-        # Non-string keys or integers orjson cannot hold, reached only from the websocket path.
+        # Non-string keys or integers orjson cannot hold (reached only from the websocket path),
+        # or nesting beyond orjson's 254 levels.
         encoded = _stdlib_compact(value)
     check_data_size(len(encoded))
+    check_data_depth(encoded)
     return encoded
+
+
+def check_data_depth(encoded: bytes) -> None:
+    """Raises 54008 when the compact JSON ``encoded`` nests deeper than :data:`MAX_DATA_DEPTH`.
+
+    Every level opens with a bracket, so a text with at most that many opening brackets cannot be
+    too deep: two C-speed counts settle almost every document. Otherwise only the brackets outside
+    strings are kept and the innermost pairs removed round by round; what is left after
+    ``MAX_DATA_DEPTH`` rounds nests deeper. Brackets inside strings must go first, as they could
+    hide levels (``[["]",[],"["]]`` is three deep, its brackets alone two).
+    """
+    if encoded.count(b"{") + encoded.count(b"[") <= MAX_DATA_DEPTH:
+        return
+    brackets = _outside_brackets(encoded)
+    for _ in range(MAX_DATA_DEPTH):
+        if not brackets:
+            return
+        brackets = brackets.replace(b"[]", b"")
+    if brackets:
+        raise _too_deep()
+
+
+def _outside_brackets(encoded: bytes) -> bytes:
+    """The brackets of ``encoded`` that are not inside a string, all as ``[`` and ``]``."""
+    if b"\\" not in encoded:
+        # Without escapes, a string holding no bracket is reduced to '""' here; if removing those
+        # leaves no quote, no string held a bracket (each remaining pair was one string).
+        kept = encoded.translate(_SQUARE, _NOT_BRACKETS_OR_QUOTES).replace(b'""', b"")
+        if b'"' not in kept:
+            return kept
+    return _JSON_STRING.sub(b"", encoded).translate(_SQUARE, _NOT_BRACKETS)
+
+
+def _too_deep() -> errors.ValidationError:
+    return _invalid_json(f"objects and arrays may be nested at most {MAX_DATA_DEPTH} levels deep")
 
 
 def check_data_size(size: int) -> None:
@@ -128,13 +181,32 @@ def _ttl_error() -> errors.ValidationError:
 
 
 def check_unique_name(name: str) -> str:
-    """1 to 320 characters, and not shaped like a SID (which would make ``/Documents/{Sid}`` ambiguous)."""
+    """1 to 320 characters, not shaped like a SID (which would make ``/Documents/{Sid}`` ambiguous),
+    and without a ``.`` or ``..`` path segment.
+
+    HTTP stacks remove dot segments from a URL before sending it (RFC 3986 section 5.2.4; WHATWG
+    URLs also decode ``%2e`` and split on ``\\``), and the helper libraries put the name into the
+    path unencoded: ``documents("..").delete()`` would send ``DELETE /v1/Services/{Sid}``.
+    """
     if not 1 <= len(name) <= MAX_UNIQUE_NAME or SID_SHAPE.fullmatch(name):
         raise errors.ValidationError(
             f"Invalid UniqueName: it must be 1 to {MAX_UNIQUE_NAME} characters and must not look like a SID",
             code=errors.INVALID_UNIQUE_NAME,
         )
+    if ("." in name or "%" in name) and _has_dot_segment(name):
+        raise errors.ValidationError(
+            "Invalid UniqueName: '.' and '..' may not be segments of it (between '/' or '\\')",
+            code=errors.INVALID_UNIQUE_NAME,
+        )
     return name
+
+
+_DOT_SEGMENTS = frozenset({".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"})
+
+
+def _has_dot_segment(name: str) -> bool:
+    segments = name.replace("\\", "/").split("/")
+    return any(segment.lower() in _DOT_SEGMENTS for segment in segments)
 
 
 def check_identity(identity: str) -> str:

@@ -239,7 +239,6 @@ def test_update_token_repr_hides_the_token() -> None:
         '{"id":1,"op":"fetch","doc":"\\ud800","n":12345678901234567890123}',  # ... on the exact path
         '{"id":1,"op":"fetch","doc":"\ud800","n":12345678901234567890123}',
         b'{"id":1,"op":"fetch","doc":"\xc3","n":12345678901234567890123}',
-        "[" * 2000 + "]" * 2000,
     ],
 )
 def test_not_json(raw: str | bytes) -> None:

@@ -57,7 +57,11 @@ def _too_large(limit: int) -> errors.DataTooLarge:
 
 
 def base_url(request: Request, public_url: str | None) -> str:
-    """The base of ``url`` fields: the configured public URL, else scheme and Host of the request."""
+    """The base of ``url`` fields: the configured public URL, else scheme and Host of the request.
+
+    The Host can be trusted here: the app answers only Hosts of the allowed list (``hosts.py``),
+    and ``*`` is accepted only with a public URL, so a link never names a host a client made up.
+    """
     if public_url:
         return public_url
     scope = request.scope

@@ -3,6 +3,7 @@
 Every document operation is one EVALSHA of a script in ``lua/``; the scripts reply with a status
 word first (``ok``, ``nosvc``, ``nodoc``, ``dup``, ``rev``, ``big``, ``noperm``) so that expected
 failures cost no Redis error round trip and are mapped to the error hierarchy here, in one place.
+Redis's own refusals (out of memory, loading, read-only…) are mapped in ``conditions.py``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sync_server import errors
@@ -21,6 +24,7 @@ from sync_server.ids import DOCUMENT_PREFIX, SERVICE_PREFIX, is_sid, new_sid
 from sync_server.principal import Principal
 from sync_server.store import keys
 from sync_server.store.base import WriteMode
+from sync_server.store.conditions import CONDITIONS, ConditionLog, condition_of
 from sync_server.store.models import Document, Page, Permission, Service
 from sync_server.store.scripts import ScriptRunner
 from sync_server.validation import MAX_DATA_BYTES, check_data_size
@@ -34,6 +38,8 @@ SWEEP_AUDIT = 10
 """Expiry-index entries per service that each sweep samples for a vanished document hash: small,
 because every process sweeps every service several times a second, and the case is rare (an
 operator's EXPIRE, or volatile-* eviction)."""
+STORING_SCRIPTS = frozenset({"doc_create", "doc_write"})
+"""Scripts whose ``ok`` reply means Redis accepted a write that needs memory (see conditions.py)."""
 SERVICE_DEFAULTS: dict[str, str] = {
     "friendly_name": "",
     "unique_name": "",
@@ -44,6 +50,15 @@ SERVICE_DEFAULTS: dict[str, str] = {
     "reachability_debouncing_window": "5000",
     "acl_enabled": "0",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/healthz`` reports: ``ok``, ``degraded`` (Redis answers but refuses some work) or
+    ``unavailable`` (Redis cannot be reached)."""
+
+    status: Literal["ok", "degraded", "unavailable"]
+    detail: str | None = None
 
 
 def default_service_sid(account_sid: str) -> str:
@@ -61,6 +76,7 @@ class RedisStore:
         self.account_sid = account_sid
         self.default_service_sid = default_service_sid(account_sid)
         self._scripts = ScriptRunner(redis)
+        self.conditions = ConditionLog()
 
     async def close(self) -> None:
         # Both connections: the scripts run on their own multiplexed one (store/scripts.py).
@@ -68,18 +84,68 @@ class RedisStore:
         await self.redis.aclose()
 
     async def ping(self) -> bool:
+        """Whether Redis answers at all (it may still refuse writes: see :meth:`health`)."""
+        return (await self.health()).status != "unavailable"
+
+    async def health(self) -> Health:
+        """One ``INFO memory`` round trip, plus what recent replies said.
+
+        Out of memory is judged from INFO (used memory over ``maxmemory``, with a policy that does
+        not evict, or one that could not evict enough: an OOM reply seen lately), so ``/healthz``
+        turns ok as soon as memory is freed or ``maxmemory`` raised. The other conditions cannot be
+        read as cheaply and are reported while a reply showing them is recent (``HEALTH_WINDOW``).
+        """
         try:
-            return bool(await self.redis.ping())
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            return False
+            memory = await self._memory_info()
+        except RedisError as exc:
+            condition = condition_of(exc)
+            if condition is not None:
+                return Health("degraded", condition.detail)
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                return Health("unavailable", "Redis is unreachable")
+            raise
+        except OSError:
+            return Health("unavailable", "Redis is unreachable")
+        self.conditions.answered()
+        recent = self.conditions.recent()
+        oom_seen = CONDITIONS["OOM"] in recent
+        if _out_of_memory(memory, oom_seen=oom_seen) if memory is not None else oom_seen:
+            return Health("degraded", CONDITIONS["OOM"].detail)
+        self.conditions.clear("OOM")
+        others = [condition for condition in recent if condition.word != "OOM"]
+        if others:
+            return Health("degraded", others[0].detail)
+        return Health("ok")
+
+    async def _memory_info(self) -> dict[str, Any] | None:
+        """``INFO memory``, or None (after a PING) where INFO is not allowed: it is in the ACL
+        category ``@dangerous``, which restricted users of hosted Redis often lack."""
+        try:
+            info: dict[str, Any] = await self.redis.info("memory")
+        except ResponseError as exc:
+            if condition_of(exc) is not None:
+                raise
+            await self.redis.ping()
+            return None
+        return info
 
     # -- running scripts ---------------------------------------------------------------------------
 
     async def _run(self, name: str, keys_: list[str], args: list[str | int | bytes]) -> Any:
         try:
-            return await self._scripts.run(name, keys_, args)
+            reply = await self._scripts.run(name, keys_, args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise errors.UnavailableError("The data store is unavailable, try again") from exc
+        except ResponseError as exc:
+            raise self._refusal(exc) from None
+        if self.conditions.active:
+            self.conditions.answered(wrote=name in STORING_SCRIPTS and reply[0] == b"ok")
+        return reply
+
+    def _refusal(self, exc: ResponseError) -> BaseException:
+        """The client error for a Redis refusal (see conditions.py), or ``exc`` itself for a bug."""
+        condition = condition_of(exc)
+        return exc if condition is None else self.conditions.seen(condition)
 
     async def _run_in_service(self, service_sid: str, name: str, args: list[str | int | bytes]) -> Any:
         """Runs a script of one service, creating the default service on its first use.
@@ -190,9 +256,11 @@ class RedisStore:
         with 503; on a multiplexed connection it would queue every service's script ahead of them.
         """
         try:
-            services = cast("list[bytes]", await self.redis.zrange(keys.SERVICE_INDEX, 0, -1))
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            return 0
+            services = cast(
+                "list[bytes]", await self._guard(lambda: self.redis.zrange(keys.SERVICE_INDEX, 0, -1))
+            )
+        except errors.UnavailableError:
+            return 0  # Redis down or refusing: the next sweep tries again (conditions are logged)
         removed = 0
         failure: BaseException | None = None
         for start in range(0, len(services), SWEEP_CONCURRENCY):
@@ -348,10 +416,26 @@ class RedisStore:
         return document_sid, sorted(found, key=lambda p: p.identity)
 
     async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Runs a redis-py call, with the same error mapping as :meth:`_run`."""
         try:
             return await call()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except RedisError as exc:
+            condition = condition_of(exc)
+            if condition is not None:
+                raise self.conditions.seen(condition) from None
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                raise errors.UnavailableError("The data store is unavailable, try again") from exc
+            raise
+        except OSError as exc:
             raise errors.UnavailableError("The data store is unavailable, try again") from exc
+
+
+def _out_of_memory(memory: dict[str, Any], *, oom_seen: bool) -> bool:
+    limit = int(memory.get("maxmemory", 0) or 0)
+    if limit <= 0 or int(memory.get("used_memory", 0) or 0) < limit:
+        return False
+    # Under an evicting policy Redis makes room itself, unless there is nothing it may evict.
+    return memory.get("maxmemory_policy") == "noeviction" or oom_seen
 
 
 def _by_sid(ident: str) -> str:

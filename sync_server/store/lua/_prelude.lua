@@ -134,15 +134,16 @@ local function apply_ttl(prefix, sid, name, ttl_arg, now, f)
   local ttl = tonumber(ttl_arg)
   local key = doc_key(prefix, sid)
   local member = expiry_member(sid, name)
+  if ttl == 0 then f.x = 0 else f.x = now + ttl end
+  -- HSET first: out of memory, Redis refuses a script's first memory-growing write only while
+  -- the script has written nothing; PERSIST or EXPIREAT first would let the whole change through.
+  redis.call('HSET', key, 'x', f.x)
   if ttl == 0 then
     redis.call('PERSIST', key)
     redis.call('ZREM', prefix .. 'expiry', member)
-    f.x = 0
   else
-    f.x = now + ttl
     redis.call('EXPIREAT', key, f.x)
     redis.call('ZADD', prefix .. 'expiry', f.x, member)
   end
-  redis.call('HSET', key, 'x', f.x)
 end
 
