@@ -101,3 +101,29 @@ async def test_a_sigkilled_master_fails_over_and_writes_work_again(healthy_clust
     cluster.wait_healthy(timeout=20.0)
     assert cluster.replicas_of(promoted) == [old]
     assert old.info("replication")["master_link_status"] == "up"
+
+
+def test_a_slot_moves_with_its_keys_and_redirects_ask_then_moved(redis_cluster: ClusterProcesses) -> None:
+    key = "harness:{moving}:doc"
+    slot = redis_cluster.key_slot(key)
+    source = redis_cluster.master_of_slot(slot)
+    target = next(m for m in redis_cluster.masters() if m is not source)
+    assert source.command("SET", key, "v") == b"OK"
+
+    assert redis_cluster.begin_migration(slot, target) is source
+    assert source.command("GET", key) == b"v"  # still there: the source serves it
+    assert redis_cluster.move_keys(slot, source, target) == 1
+    # The key left: the source sends the client to the target for this one command.
+    with pytest.raises(ReplyError, match=f"^node {source.port}: ASK {slot} 127.0.0.1:{target.port}$"):
+        source.command("GET", key)
+    redis_cluster.finish_migration(slot, source, target)
+    with pytest.raises(ReplyError, match=f"^node {source.port}: MOVED {slot} 127.0.0.1:{target.port}$"):
+        source.command("GET", key)
+    assert redis_cluster.master_of_slot(slot) is target
+    assert target.command("GET", key) == b"v"
+
+    # And back, so the session's cluster keeps its even layout.
+    assert redis_cluster.migrate_slot(slot, source) == 1
+    assert redis_cluster.master_of_key(key) is source
+    assert source.command("DEL", key) == 1
+    redis_cluster.wait_healthy(timeout=10.0)

@@ -461,6 +461,56 @@ class ClusterProcesses:
         self.failover_seconds = time.monotonic() - began
         return replica
 
+    # --- live resharding --------------------------------------------------------------------------
+
+    def begin_migration(self, slot: int, target: ClusterNode) -> ClusterNode:
+        """Mark ``slot`` as migrating from its master to ``target`` (``CLUSTER SETSLOT … IMPORTING`` on
+        the target, ``MIGRATING`` on the source); returns the source. From now on the source answers
+        ``ASK`` for keys of the slot it no longer holds, and ``TRYAGAIN`` for multi-key commands whose keys
+        are split between the two."""
+        source = self.master_of_slot(slot)
+        if source is target:
+            raise ValueError(f"{target!r} already serves slot {slot}")
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        return source
+
+    def move_keys(self, slot: int, source: ClusterNode, target: ClusterNode, *, batch: int = 100) -> int:
+        """``MIGRATE`` every key of ``slot`` from ``source`` to ``target`` in batches; returns the count."""
+        moved = 0
+        while True:
+            keys = source.command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not keys:
+                return moved
+            source.command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys, timeout=10.0)
+            moved += len(keys)
+
+    def finish_migration(self, slot: int, source: ClusterNode, target: ClusterNode) -> None:
+        """Assign ``slot`` to ``target`` on the target, the source and every other master (as redis-cli
+        does), then wait until every live node agrees. From then on the source answers ``MOVED``."""
+        target.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+        source.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+        for node in self.masters():
+            if node is not source and node is not target:
+                node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+
+        def check() -> str | None:
+            for node in self.live_nodes():
+                views = node.cluster_nodes()
+                owner = [v for v in views if v.is_master and any(a <= slot <= b for a, b in v.slots)]
+                if [v.node_id for v in owner] != [target.node_id]:
+                    return f"{node!r} does not see slot {slot} on {target!r} yet"
+            return None
+
+        self._wait(f"slot {slot} on {target!r}", check, timeout=10.0)
+
+    def migrate_slot(self, slot: int, target: ClusterNode) -> int:
+        """Move ``slot`` with its keys to ``target`` (all three steps above); returns the keys moved."""
+        source = self.begin_migration(slot, target)
+        moved = self.move_keys(slot, source, target)
+        self.finish_migration(slot, source, target)
+        return moved
+
     def heal(self, timeout: float = 30.0) -> None:
         """Restart every dead node and wait until the cluster is healthy again with every master
         replicated (a cheap check when nothing died)."""
