@@ -127,3 +127,22 @@ def test_a_slot_moves_with_its_keys_and_redirects_ask_then_moved(redis_cluster: 
     assert redis_cluster.master_of_key(key) is source
     assert source.command("DEL", key) == 1
     redis_cluster.wait_healthy(timeout=10.0)
+
+
+def test_a_manual_failover_hands_the_slots_to_the_replica_without_loss(
+    healthy_cluster: ClusterProcesses,
+) -> None:
+    cluster = healthy_cluster
+    key = "harness:{handover}:doc"
+    old = cluster.master_of_key(key)
+    (replica,) = cluster.replicas_of(old)
+    assert old.command("SET", key, "kept") == b"OK"
+
+    assert cluster.manual_failover(old) is replica
+    assert cluster.master_of_key(key) is replica
+    assert replica.command("GET", key) == b"kept"  # a graceful hand-over loses no acknowledged write
+    assert cluster.replicas_of(replica) == [old]
+
+    assert cluster.manual_failover(replica) is old  # and back
+    assert old.command("DEL", key) == 1
+    cluster.wait_healthy(timeout=10.0)
