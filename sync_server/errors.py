@@ -11,15 +11,20 @@ place each (``rest/responses.py``, the gateway's reply encoder); nothing else fo
     │   ├── ServiceNotFound        54050 / 404
     │   ├── DocumentNotFound       20404 / 404 on REST, 54100 on the sockets
     │   └── PermissionNotFound     54354 / 404
-    ├── ValidationError            400 with a specific code (54008, 54101, 54011, 54302, 54351, 54453, 54454…)
+    ├── ValidationError            20001 / 400
+    │   ├── InvalidJson            54008      InvalidData 54101      InvalidTtl 54011
+    │   ├── InvalidUniqueName      54302      InvalidIdentity 54351  InvalidIfMatch 54003
+    │   ├── InvalidPageToken       54453      InvalidPageSize 54454
+    │   └── HostNotAllowed         20001 (a Host header outside the allowed hosts)
     ├── DataTooLarge               54006 / 413
     ├── UniqueNameConflict         54301 / 409
     ├── RevisionMismatch           54103 / 412
     ├── RateLimited                54009 / 429
+    ├── TooManySubscriptions       20429 / 429 (subscriptions of one connection)
     ├── MethodNotAllowed           20004 / 405, with the allowed methods (the ``Allow`` header)
     ├── UnsupportedMediaType       20001 / 415 (a body that is not a form)
-    ├── RequestHeadTooLarge        20001 / 431 (headers) or 414 (request line), before any parsing
-    ├── HostNotAllowed             20001 / 400 (a Host header outside the allowed hosts)
+    ├── RequestHeadTooLarge        20001 / 431 (headers), before any parsing
+    │   └── RequestTargetTooLong   20001 / 414 (request line)
     └── UnavailableError           20503 / 503 (Redis unreachable, loading, busy, read-only…)
         └── StoreFull              20507 / 507 (Redis out of memory: writes refused, reads work)
 """
@@ -38,13 +43,11 @@ class SyncError(Exception):
     code: ClassVar[int] = 20500
     status: ClassVar[int] = 500
 
-    def __init__(self, message: str, *, code: int | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str) -> None:
+        # Code and status belong to the class, never to an instance: one class per wire error, so
+        # each transport maps errors to its wire in one place.
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code  # type: ignore[misc]
-        if status is not None:
-            self.status = status  # type: ignore[misc]
 
     def to_dict(self) -> dict[str, object]:
         """The Twilio error body.
@@ -94,6 +97,40 @@ class ValidationError(SyncError):
     status = 400
 
 
+class InvalidJson(ValidationError):
+    code = 54008
+
+
+class InvalidData(ValidationError):
+    """The data is JSON but not an object."""
+
+    code = 54101
+
+
+class InvalidTtl(ValidationError):
+    code = 54011
+
+
+class InvalidUniqueName(ValidationError):
+    code = 54302
+
+
+class InvalidIdentity(ValidationError):
+    code = 54351
+
+
+class InvalidPageToken(ValidationError):
+    code = 54453
+
+
+class InvalidPageSize(ValidationError):
+    code = 54454
+
+
+class InvalidIfMatch(ValidationError):
+    code = 54003
+
+
 class DataTooLarge(SyncError):
     code = 54006
     status = 413
@@ -111,6 +148,13 @@ class RevisionMismatch(SyncError):
 
 class RateLimited(SyncError):
     code = 54009
+    status = 429
+
+
+class TooManySubscriptions(SyncError):
+    """One connection may subscribe to a bounded number of documents (``SYNC_MAX_SUBSCRIPTIONS``)."""
+
+    code = 20429
     status = 429
 
 
@@ -146,6 +190,10 @@ class RequestHeadTooLarge(SyncError):
     status = 431
 
 
+class RequestTargetTooLong(RequestHeadTooLarge):
+    status = 414
+
+
 class UnavailableError(SyncError):
     code = 20503
     status = 503
@@ -168,13 +216,13 @@ class HostNotAllowed(ValidationError):
     """The request's ``Host`` is not one this server may put into links (see ``hosts.py``)."""
 
 
-# Validation codes, named once so that REST and the sockets agree.
-INVALID_JSON = 54008
-INVALID_DATA = 54101
-INVALID_TTL = 54011
-INVALID_UNIQUE_NAME = 54302
-INVALID_IDENTITY = 54351
-INVALID_PAGE_TOKEN = 54453
-INVALID_PAGE_SIZE = 54454
-INVALID_IF_MATCH = 54003
-INVALID_PARAMETER = 20001
+# The validation codes by name (the API description lists them per operation).
+INVALID_JSON = InvalidJson.code
+INVALID_DATA = InvalidData.code
+INVALID_TTL = InvalidTtl.code
+INVALID_UNIQUE_NAME = InvalidUniqueName.code
+INVALID_IDENTITY = InvalidIdentity.code
+INVALID_PAGE_TOKEN = InvalidPageToken.code
+INVALID_PAGE_SIZE = InvalidPageSize.code
+INVALID_IF_MATCH = InvalidIfMatch.code
+INVALID_PARAMETER = ValidationError.code

@@ -127,7 +127,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
         limit = self.limits.max_request_line_bytes
         if len(self.url) > limit:
-            self._refuse(errors.RequestHeadTooLarge(f"The request target is over {limit} bytes", status=414))
+            self._refuse(errors.RequestTargetTooLong(f"The request target is over {limit} bytes"))
             raise _Refused
 
     def on_headers_complete(self) -> None:

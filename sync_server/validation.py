@@ -37,7 +37,7 @@ _SQUARE = bytes.maketrans(b"{}", b"[]")
 
 
 def _invalid_json(reason: str) -> errors.ValidationError:
-    return errors.ValidationError(f"Invalid JSON in Data: {reason}", code=errors.INVALID_JSON)
+    return errors.InvalidJson(f"Invalid JSON in Data: {reason}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -93,9 +93,7 @@ def encode_data(value: Any, compact: Any = orjson.dumps) -> bytes:
     """Checks that ``value`` is a JSON object within the size and depth limits and returns its
     compact JSON. Every path that stores data (REST, both websocket protocols) comes through here."""
     if not isinstance(value, dict):
-        raise errors.ValidationError(
-            "Invalid document data: the data must be a JSON object", code=errors.INVALID_DATA
-        )
+        raise errors.InvalidData("Invalid document data: the data must be a JSON object")
     try:
         encoded: bytes = compact(value)
     except (TypeError, ValueError, orjson.JSONEncodeError):
@@ -175,9 +173,7 @@ def check_ttl(value: object) -> int:
 
 
 def _ttl_error() -> errors.ValidationError:
-    return errors.ValidationError(
-        f"Invalid Ttl: it must be a whole number of seconds from 0 to {MAX_TTL}", code=errors.INVALID_TTL
-    )
+    return errors.InvalidTtl(f"Invalid Ttl: it must be a whole number of seconds from 0 to {MAX_TTL}")
 
 
 def check_unique_name(name: str) -> str:
@@ -189,14 +185,12 @@ def check_unique_name(name: str) -> str:
     path unencoded: ``documents("..").delete()`` would send ``DELETE /v1/Services/{Sid}``.
     """
     if not 1 <= len(name) <= MAX_UNIQUE_NAME or SID_SHAPE.fullmatch(name):
-        raise errors.ValidationError(
-            f"Invalid UniqueName: it must be 1 to {MAX_UNIQUE_NAME} characters and must not look like a SID",
-            code=errors.INVALID_UNIQUE_NAME,
+        raise errors.InvalidUniqueName(
+            f"Invalid UniqueName: it must be 1 to {MAX_UNIQUE_NAME} characters and must not look like a SID"
         )
     if ("." in name or "%" in name) and _has_dot_segment(name):
-        raise errors.ValidationError(
-            "Invalid UniqueName: '.' and '..' may not be segments of it (between '/' or '\\')",
-            code=errors.INVALID_UNIQUE_NAME,
+        raise errors.InvalidUniqueName(
+            "Invalid UniqueName: '.' and '..' may not be segments of it (between '/' or '\\')"
         )
     return name
 
@@ -211,9 +205,7 @@ def _has_dot_segment(name: str) -> bool:
 
 def check_identity(identity: str) -> str:
     if not 1 <= len(identity) <= MAX_IDENTITY:
-        raise errors.ValidationError(
-            f"Invalid identity: it must be 1 to {MAX_IDENTITY} characters", code=errors.INVALID_IDENTITY
-        )
+        raise errors.InvalidIdentity(f"Invalid identity: it must be 1 to {MAX_IDENTITY} characters")
     return identity
 
 
@@ -225,8 +217,6 @@ def normalize_revision(value: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
     if not text or len(text) > 16 or any(c not in "0123456789abcdefABCDEF" for c in text):
-        raise errors.ValidationError(
-            "Invalid If-Match: it must be a document revision", code=errors.INVALID_IF_MATCH
-        )
+        raise errors.InvalidIfMatch("Invalid If-Match: it must be a document revision")
     # Revisions are hex counters: leading zeros and case do not change which one is meant.
     return format(int(text, 16), "x")

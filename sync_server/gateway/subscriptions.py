@@ -137,8 +137,8 @@ class Subscriptions:
                 existing.revision = max(existing.revision, current.revision)
             return current
         if len(self._by_sid) >= self._limit:
-            raise errors.SyncError(
-                f"Too many subscriptions on this connection (limit {self._limit})", code=20429, status=429
+            raise errors.TooManySubscriptions(
+                f"Too many subscriptions on this connection (limit {self._limit})"
             )
         channel = keys.document_channel(self._principal.service_sid, sid)
         sub = _Subscription(sid, None, channel)

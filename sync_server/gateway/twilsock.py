@@ -305,7 +305,7 @@ def _json_object(frame: codec.TwilsockFrame) -> dict[str, Any]:
     if body is None and not frame.payload:
         return {}
     if not isinstance(body, dict):
-        raise errors.ValidationError("The request body must be a JSON object", code=errors.INVALID_JSON)
+        raise errors.InvalidJson("The request body must be a JSON object")
     return body
 
 
@@ -332,9 +332,7 @@ def _optional_object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
     value = body.get(key)
     if value is None or isinstance(value, dict):
         return value
-    raise errors.ValidationError(
-        "Invalid document data: the data must be a JSON object", code=errors.INVALID_DATA
-    )
+    raise errors.InvalidData("Invalid document data: the data must be a JSON object")
 
 
 def _optional_int(body: dict[str, Any], key: str) -> int | None:
@@ -342,5 +340,5 @@ def _optional_int(body: dict[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise errors.ValidationError(f"Invalid {key}: it must be an integer", code=errors.INVALID_TTL)
+        raise errors.InvalidTtl(f"Invalid {key}: it must be an integer")
     return value

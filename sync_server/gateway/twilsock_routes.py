@@ -67,19 +67,15 @@ def route(method: str, path: str) -> Route:
         actions: dict[str, Action] = {"GET": "fetch", "POST": "write", "DELETE": "remove"}
         action = actions.get(method)
         if action is None:
-            raise _method_not_allowed()
+            raise errors.MethodNotAllowed(actions)
         return Route(action, parts[2], service)
     raise errors.NotFoundError(f"The requested resource {path} was not found (only Documents are served)")
 
 
 def _checked(method: str, allowed: tuple[str, ...], result: Route) -> Route:
     if method not in allowed:
-        raise _method_not_allowed()
+        raise errors.MethodNotAllowed(allowed)
     return result
-
-
-def _method_not_allowed() -> errors.SyncError:
-    return errors.SyncError("Method not allowed", code=20004, status=405)
 
 
 def document_path(doc: Document) -> str:

@@ -36,9 +36,8 @@ def parse_page_request(query: dict[str, str]) -> PageRequest:
     if size_text is not None:
         parsed = whole_number(size_text)
         if parsed is None or not 1 <= parsed <= MAX_PAGE_SIZE:
-            raise errors.ValidationError(
-                f"Invalid PageSize: it must be a whole number from 1 to {MAX_PAGE_SIZE}",
-                code=errors.INVALID_PAGE_SIZE,
+            raise errors.InvalidPageSize(
+                f"Invalid PageSize: it must be a whole number from 1 to {MAX_PAGE_SIZE}"
             )
         size = parsed
     # Page is the client's own count, echoed in meta; only the PageToken moves the cursor.
@@ -65,7 +64,7 @@ def _decode_token(token: str) -> tuple[str, int]:
 
 
 def _bad_token() -> errors.ValidationError:
-    return errors.ValidationError("Invalid PageToken", code=errors.INVALID_PAGE_TOKEN)
+    return errors.InvalidPageToken("Invalid PageToken")
 
 
 def page_meta(url: str, key: str, request: PageRequest, page: Page[Any]) -> dict[str, Any]:
