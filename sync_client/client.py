@@ -14,7 +14,7 @@ from protocol import Open, OpenMode, Removed, Updated
 from sync_client.backoff import Backoff
 from sync_client.connection import DEFAULT_MAX_FRAME, Connection, Credentials, DocumentPush, TokenProvider
 from sync_client.document import SyncDocument
-from sync_client.errors import ConnectionClosedError, RateLimitedError, SyncClientError
+from sync_client.errors import ConnectionClosedError, RateLimitedError, RequestTimeoutError, SyncClientError
 from sync_client.events import Callback, ConnectionState, DocumentRemoved
 
 __all__ = ["SyncClient"]
@@ -22,7 +22,7 @@ __all__ = ["SyncClient"]
 log = logging.getLogger("sync_client")
 
 _DOCUMENT_SID = re.compile(r"ET[0-9a-f]{32}")
-# Resubscribes after a reconnect run this many at a time; 54009 refusals are retried after a backoff.
+# Resubscribes after a reconnect run this many at a time; transient refusals are retried after a backoff.
 RESUBSCRIBE_CONCURRENCY = 16
 
 
@@ -175,21 +175,34 @@ class SyncClient:
                 doc._on_removed(removed)
 
     async def _resubscribe_all(self) -> None:
-        """After a (re)connect: every open document subscribes again from the revision it holds."""
+        """After a (re)connect: every open document subscribes again from the revision it holds.
+
+        A resubscribe the server could not serve for now (20503 while its Redis is down or restarting,
+        5xx, a rate-limit refusal, no reply in time) is retried with the reconnect backoff until it
+        succeeds or the document is gone (``removed``); the retries end with the connection, and the
+        next one starts over. This task is cancelled when the connection drops.
+        """
         limit = asyncio.Semaphore(RESUBSCRIBE_CONCURRENCY)
 
         async def resubscribe(doc: SyncDocument) -> None:
-            async with limit:
-                for attempt in itertools.count():
-                    try:
+            for attempt in itertools.count():
+                try:
+                    async with limit:
                         await doc._resubscribe()
-                        return
-                    except RateLimitedError:
-                        await asyncio.sleep(self._backoff.delay(attempt))
-                    except ConnectionClosedError:
-                        return  # the next connection resubscribes again
-                    except SyncClientError as exc:
+                    return
+                except ConnectionClosedError:
+                    return  # the next connection resubscribes again
+                except SyncClientError as exc:
+                    if not _worth_retrying(exc):
                         log.warning("resubscribing to %s failed: %r", doc.sid, exc)
                         return
+                    log.info("resubscribing to %s failed (%r); retrying", doc.sid, exc)
+                # Outside the semaphore: a document waiting to retry holds up no other.
+                await asyncio.sleep(self._backoff.delay(attempt))
 
         await asyncio.gather(*(resubscribe(doc) for doc in tuple(self._docs.values())))
+
+
+def _worth_retrying(error: SyncClientError) -> bool:
+    """Refusals that say "not now" rather than "never": the same subscribe may succeed later."""
+    return isinstance(error, RateLimitedError | RequestTimeoutError) or error.status >= 500

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import random
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
 
 from protocol import Fetch, Remove, Set, SetTtl, Subscribe, Unsubscribe, Update
+from sync_client.backoff import Backoff
 from sync_client.connection import Connection, ReplyHook
 from sync_client.errors import ConnectionClosedError, NotFoundError, RateLimitedError, RevisionMismatchError
 from sync_client.events import Callback, DocumentEvent, DocumentRemoved, DocumentUpdated, Emitter, EventStream
@@ -24,10 +24,9 @@ from sync_client.events import Callback, DocumentEvent, DocumentRemoved, Documen
 __all__ = ["SyncDocument"]
 
 MUTATE_MAX_ATTEMPTS = 64
-# Backoff between mutate attempts: up to 2 ms, doubling per conflict, capped at 100 ms, fully jittered,
-# so that contending writers spread out instead of colliding again in lockstep.
-_MUTATE_FIRST_DELAY = 0.002
-_MUTATE_MAX_DELAY = 0.1
+# Between mutate attempts: about 2 ms, doubling per conflict, capped at 100 ms, jittered, so that
+# contending writers spread out instead of colliding again in lockstep.
+_MUTATE_BACKOFF = Backoff(initial=0.002, maximum=0.1)
 
 Mutator = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -198,8 +197,7 @@ class SyncDocument:
                 # Both mean "not written": a conflict, or a command refused before it ran.
                 if attempt + 1 >= max_attempts:
                     raise
-            ceiling = min(_MUTATE_MAX_DELAY, _MUTATE_FIRST_DELAY * 2**attempt)
-            await asyncio.sleep(random.uniform(0, ceiling))
+            await asyncio.sleep(_MUTATE_BACKOFF.delay(attempt))
             await self.refresh()
         raise ValueError("max_attempts must be at least 1")
 
