@@ -76,6 +76,7 @@ const PING_TIMEOUT = 10_000;
 const SLOW_BACKOFF = 5_000;
 const PRECONDITION_FAILED = 54103;
 const NOT_FOUND = 54100;
+const RATE_LIMITED = 54009;
 
 /**
  * What to do after a close (the table of protocol/README.md): "no" stops, "denied" stops and
@@ -107,6 +108,32 @@ export function reconnectPolicy(code) {
   if (code >= 4000 && code <= 4499) return "denied";
   return "backoff";
 }
+
+/**
+ * The delay before retry number `attempt` (0 for the first): `base` doubling per attempt, capped at
+ * `max`, with "equal jitter" — at least half the ceiling, so clients dropped together spread out but
+ * none hammers the server right away. The one backoff of this client: reconnects and resubscribes
+ * both use it.
+ * @param {number} attempt
+ * @param {number} base milliseconds
+ * @param {number} max milliseconds
+ */
+function backoffDelay(attempt, base, max) {
+  const ceiling = Math.min(max, base * 2 ** attempt);
+  return ceiling / 2 + (Math.random() * ceiling) / 2;
+}
+
+/**
+ * Whether a refusal means "not now" rather than "never": 5xx (20503 while the server's Redis is down
+ * or restarting) and rate limiting. The same command may succeed later.
+ * @param {unknown} error
+ */
+function isTransient(error) {
+  return error instanceof SyncError && (error.status >= 500 || error.code === RATE_LIMITED);
+}
+
+/** @param {number} ms */
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The server refused a command: `code` and `status` are Twilio's (e.g. 54103 / 412). */
 export class SyncError extends Error {
@@ -486,11 +513,8 @@ export class SyncClient extends Emitter {
   _scheduleReconnect(policy) {
     const { minReconnectDelay, maxReconnectDelay } = this.options;
     const base = policy === "backoff" ? Math.max(SLOW_BACKOFF, minReconnectDelay) : minReconnectDelay;
-    const ceiling = Math.min(maxReconnectDelay, base * 2 ** this._attempt);
+    const delay = backoffDelay(this._attempt, base, maxReconnectDelay);
     this._attempt += 1;
-    // "Equal jitter": at least half the ceiling, so clients dropped together spread out but none
-    // hammers the server right away.
-    const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = setTimeout(() => this._connect(), delay);
   }
@@ -681,14 +705,27 @@ export class SyncDocument extends Emitter {
     this._emit("updated", update);
   }
 
-  /** After a reconnect: subscribe again from our revision, and catch up if we missed writes. */
+  /**
+   * After a reconnect: subscribe again from our revision, and catch up if we missed writes. A
+   * refusal for now (20503 while the server's Redis restarts, 54009) is retried with the reconnect
+   * backoff until it succeeds or the document is gone; the retries end with this connection (the
+   * next one resubscribes anew).
+   */
   async _resubscribe() {
-    try {
-      const reply = await this._client._sendNow("subscribe", { doc: this.sid, revision: this.revision });
-      if (reply.document) this._apply(reply.document, "resubscribe");
-    } catch (error) {
-      if (error instanceof SyncError && error.code === NOT_FOUND) this._removed("gone");
-      // A lost connection resubscribes again on the next reconnect.
+    const client = this._client;
+    const socket = client._socket;
+    const { minReconnectDelay, maxReconnectDelay } = client.options;
+    for (let attempt = 0; this.isOpen && socket && client._socket === socket; attempt++) {
+      try {
+        const reply = await client._sendNow("subscribe", { doc: this.sid, revision: this.revision });
+        if (reply.document) this._apply(reply.document, "resubscribe");
+        return;
+      } catch (error) {
+        if (error instanceof SyncError && error.code === NOT_FOUND) this._removed("gone");
+        // A lost connection resubscribes again on the next reconnect; other refusals are final.
+        if (!isTransient(error)) return;
+      }
+      await sleep(backoffDelay(attempt, minReconnectDelay, maxReconnectDelay));
     }
   }
 
