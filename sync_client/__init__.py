@@ -11,9 +11,11 @@
 The client reconnects by itself (jittered exponential backoff, following ``protocol.reconnect_policy``:
 never after 4401/4403, after a fresh token from ``token_provider`` after 4410), resubscribes every open
 document from the revision it holds and catches up, so documents always converge to the server's
-latest state. Commands issued while disconnected wait for the next connection (``request_timeout``
-bounds the wait). A command in flight when the connection drops is sent again only if it cannot take
-effect twice (open, fetch, subscribe); writes (set, update, set_ttl, remove, create_new) fail with
+latest state. A resubscribe the server refuses for now (20503 while its Redis restarts) is retried with
+the same backoff until it succeeds or the document turns out to be gone (``removed``). Commands
+issued while disconnected wait for the next connection (``request_timeout`` bounds the wait). A
+command in flight when the connection drops is sent again only if it cannot take effect twice (open,
+fetch, subscribe); writes (set, update, set_ttl, remove, create_new) fail with
 :class:`ConnectionClosedError` instead, since they may or may not have been applied.
 
 Errors are :class:`SyncClientError` subclasses (see :mod:`sync_client.errors`). Nothing here imports

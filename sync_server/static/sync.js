@@ -16,7 +16,9 @@
  *
  * Convergence: after every reconnect each open document is resubscribed with the last revision the
  * client holds; the server answers "unchanged" or the current snapshot, which is applied and emitted
- * as `updated`. Events and replies older than what a document holds are dropped, so revisions only
+ * as `updated`. A resubscribe the server refuses for now (20503 while its Redis restarts, 54009) is
+ * retried with the reconnect backoff until it succeeds or the document is gone (`removed`, reason
+ * "gone"). Events and replies older than what a document holds are dropped, so revisions only
  * ever move forward and each one is emitted once.
  *
  * @module sync
