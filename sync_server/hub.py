@@ -86,6 +86,7 @@ class _PubSubConnection(asyncio.Protocol):
         self.ready: asyncio.Future[None] = loop.create_future()
         """Set by the PONG that ends the handshake (after AUTH, if any)."""
         self.lost = False
+        self._aborted = False
         # Per channel, the confirmations of the SUBSCRIBEs sent, oldest first. Redis answers each
         # SUBSCRIBE with one confirmation, in order, so the n-th one belongs to the n-th SUBSCRIBE,
         # also when a channel was given up and subscribed again while one was still on its way.
@@ -102,7 +103,7 @@ class _PubSubConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._heard = True
         self._reader.feed(data)
-        while not self.lost:
+        while not (self.lost or self._aborted):
             try:
                 reply = self._reader.gets()
             except hiredis.ProtocolError:
@@ -150,9 +151,17 @@ class _PubSubConnection(asyncio.Protocol):
     def start_heartbeat(self, interval: float) -> None:
         self._heartbeat = self._loop.call_later(interval, self._beat, interval)
 
+    def close_quietly(self) -> None:
+        self._aborted = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def abort(self, why: str) -> None:
-        if not self.lost:
+        """Drops the connection at once; what is still buffered is not handled any more, and
+        :meth:`connection_lost` (soon, from the loop) resets the hub."""
+        if not (self.lost or self._aborted):
             log.warning("dropping the Redis pub/sub connection: %s", why)
+        self._aborted = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -174,10 +183,16 @@ class _PubSubConnection(asyncio.Protocol):
                 self.ready.set_result(None)
             return
         if isinstance(reply, hiredis.ReplyError):
-            if not self.ready.done():  # e.g. a wrong password: the connection attempt fails
-                self.ready.set_exception(ConnectionError(f"Redis refused the pub/sub connection: {reply}"))
-                self.ready.exception()
-            self.abort(f"Redis answered {reply}")
+            if self.ready.done():
+                self.abort(f"Redis answered {reply}")
+                return
+            # This connection attempt fails (its subscribers get 20503). LOADING is a Redis that is
+            # restarting, normal for a moment; anything else (a wrong password…) is worth a warning.
+            if not str(reply).startswith("LOADING"):
+                log.warning("Redis refused the pub/sub connection: %s", reply)
+            self.ready.set_exception(ConnectionError(f"Redis refused the pub/sub connection: {reply}"))
+            self.ready.exception()
+            self.close_quietly()
         # Anything else is the OK of AUTH.
 
     def _confirm(self, key: bytes) -> None:
@@ -371,7 +386,7 @@ class Hub:
                 await connection.ready
         except (OSError, TimeoutError, errors.UnavailableError) as exc:
             if connection is not None:
-                connection.abort("the handshake failed")
+                connection.close_quietly()
             raise errors.UnavailableError(UNAVAILABLE) from exc
         if connection.lost:  # lost between its PONG and now
             raise errors.UnavailableError(UNAVAILABLE)

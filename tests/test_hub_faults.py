@@ -249,3 +249,43 @@ async def test_a_silent_redis_is_noticed_by_the_heartbeat(redis: Redis, redis_pr
         assert hub.channel_count == 1
     finally:
         await hub.stop()
+
+
+async def test_the_hub_authenticates_and_refuses_a_wrong_password_with_20503(tmp_path: Path) -> None:
+    process = start_redis(tmp_path / "redis")
+    # Set after the start: the start-up check PINGs without a password.
+    async with Redis.from_url(process.url) as admin:
+        await admin.config_set("requirepass", "s3cret")
+    redis = Redis.from_url(f"redis://:s3cret@127.0.0.1:{process.port}/0")
+    wrong = Redis.from_url(f"redis://:nope@127.0.0.1:{process.port}/0")
+    hub, refused = Hub(redis), Hub(wrong)
+    try:
+        recorder = Recorder()
+        await hub.subscribe(CHANNEL, recorder)
+        await redis.publish(CHANNEL, payload(4))
+        await eventually(lambda: recorder.revisions == [4])
+        with pytest.raises(errors.UnavailableError):
+            await refused.subscribe(CHANNEL, Recorder())
+        assert refused.channel_count == 0 and not refused.connected
+    finally:
+        await hub.stop()
+        await refused.stop()
+        await redis.aclose()
+        await wrong.aclose()
+        process.kill()
+
+
+async def test_the_hub_on_a_unix_socket(tmp_path: Path) -> None:
+    process = start_redis(tmp_path / "r", unix_socket=True)
+    assert process.url.startswith("unix://")
+    redis = Redis.from_url(process.url)
+    hub = Hub(redis)
+    try:
+        recorder = Recorder()
+        await hub.subscribe(CHANNEL, recorder)
+        await redis.publish(CHANNEL, payload(9))
+        await eventually(lambda: recorder.revisions == [9])
+    finally:
+        await hub.stop()
+        await redis.aclose()
+        process.kill()
