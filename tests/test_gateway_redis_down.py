@@ -9,15 +9,18 @@ without persistence) learns that they are gone: ``removed``, after retrying the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from websockets.sync.client import connect as connect_sync
 
 from sync_client import Backoff, DocumentRemoved, SyncClient
+from sync_server.embedded import PERSISTENT_ARGS
 from sync_server.gateway import twilsock_codec as codec
 from sync_server.tokens import mint_access_token
 from tests.support.processes import (
@@ -129,3 +132,67 @@ async def test_the_client_retries_until_it_learns_the_document_is_gone(
         assert removed == [DocumentRemoved(doc.sid, "lost", None, "deleted")]
         assert doc.closed and client.state == "connected"
     assert_no_traceback(server)
+
+
+async def test_a_redis_still_loading_its_data_is_unavailable_not_an_error(tmp_path: Path) -> None:
+    directory = tmp_path / "redis"
+    redis = RedisProcess(directory, args=PERSISTENT_ARGS, unix_socket=False).start()
+    server = ServerProcess(tmp_path / "server", redis_url=redis.url).start()
+    admin = Redis.from_url(redis.url)
+    try:
+        sid = create_document(server, "loading")
+        # Enough keys to keep it LOADING for a while when they load slowly.
+        await admin.eval("for i = 1, 20000 do redis.call('SET', 'filler:' .. i, 'x') end", 0)
+        await admin.bgrewriteaof()
+        await eventually(lambda: _rewrite_done(admin))
+        redis.kill()
+        # Slow loading, answering clients every KiB loaded (LOADING): Redis's own debugging options.
+        slowly = ("--key-load-delay", "40", "--loading-process-events-interval-bytes", "1024")
+        slow = RedisProcess(directory, args=(*PERSISTENT_ARGS, *slowly), port=redis.port)
+        starting = asyncio.create_task(asyncio.to_thread(slow.start))  # returns once loaded
+        seen: set[tuple[int, int, int]] = set()  # (REST status, its code, the subscribe's code)
+        peer = await Peer.connect(ws_url(server))  # Basic credentials need no Redis
+        async with httpx.AsyncClient(auth=BASIC, timeout=5) as http:
+            while not starting.done():
+                loading_before = await _loading(redis.port)
+                url = f"{server.base_url}/v1/Services/default/Documents/{sid}"
+                response = await http.post(url, data={"Data": "{}"})
+                reply = await peer.command("subscribe", doc=sid)
+                # Judged only when Redis said LOADING both before and after both requests.
+                if loading_before and await _loading(redis.port):
+                    code = 0 if reply["ok"] else reply["error"]["code"]
+                    seen.add((response.status_code, response.json()["code"], code))
+                else:
+                    assert response.status_code in (200, 503), response.text
+                await asyncio.sleep(0.02)
+        await starting
+        assert seen == {(503, 20503, 20503)}, f"{seen or 'never caught Redis while it was loading'}"
+        await peer.ok("subscribe", doc=sid)  # loaded: at once
+        await peer.close()
+        assert_no_traceback(server)
+    finally:
+        await admin.aclose()
+        server.kill()
+        redis.kill()
+        with contextlib.suppress(NameError):
+            slow.kill()
+
+
+async def _rewrite_done(admin: Redis) -> bool:
+    info = await admin.info("persistence")
+    return info["aof_rewrite_in_progress"] == 0 and info["aof_rewrite_scheduled"] == 0
+
+
+async def _loading(port: int | None) -> bool:
+    """Whether Redis answers PING with LOADING (asked raw: redis-py would retry that)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"*1\r\n$4\r\nPING\r\n")
+        return (await reader.readline()).startswith(b"-LOADING")
+    except OSError:
+        return False
+    finally:
+        writer.close()

@@ -8,7 +8,7 @@ received). Concurrent requests share one socket, with no task per command.
 
 Contract: :meth:`MultiplexedRedis.execute` is one round trip; its reply is what hiredis returns
 (bytes, ints, lists), an error reply is raised as :class:`redis.exceptions.ResponseError` (or
-``NoScriptError``; ``BusyLoadingError``, a ``ConnectionError``, while Redis loads its data). A lost
+``NoScriptError``; ``ConnectionError`` while Redis is still loading its data). A lost
 connection fails every waiting command with ``ConnectionError``; the next command reconnects. Only
 the store uses this (for its scripts); the rare management commands stay on redis-py's client, and
 pub/sub has its own connection (hub.py).
@@ -22,8 +22,8 @@ from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import parse_url
-from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 CONNECT_TIMEOUT = 2.0
 
@@ -67,13 +67,13 @@ class _RespProtocol(asyncio.Protocol):
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 message = str(reply)
-                error: ResponseError | BusyLoadingError = ResponseError(message)
+                error: Exception = ResponseError(message)
                 if message.startswith("NOSCRIPT"):
                     error = NoScriptError(message)
                 elif message.startswith("LOADING"):
-                    # Redis restarting, still reading its data: "unavailable, try again" (a
-                    # ConnectionError, as redis-py maps it), not a failed command.
-                    error = BusyLoadingError(message)
+                    # Redis restarting, still reading its data: "unavailable, try again", not a
+                    # failed command (redis-py, too, maps it to a ConnectionError).
+                    error = RedisConnectionError(message)
                 future.set_exception(error)
             else:
                 future.set_result(reply)
