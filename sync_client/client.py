@@ -196,7 +196,7 @@ class SyncClient:
                     if not _worth_retrying(exc):
                         log.warning("resubscribing to %s failed: %r", doc.sid, exc)
                         return
-                    log.info("resubscribing to %s failed (%r); retrying", doc.sid, exc)
+                    log.debug("resubscribing to %s failed (%r); retrying", doc.sid, exc)
                 # Outside the semaphore: a document waiting to retry holds up no other.
                 await asyncio.sleep(self._backoff.delay(attempt))
 
