@@ -11,9 +11,11 @@
 The client reconnects by itself (jittered exponential backoff, following ``protocol.reconnect_policy``:
 never after 4401/4403, after a fresh token from ``token_provider`` after 4410), resubscribes every open
 document from the revision it holds and catches up, so documents always converge to the server's
-latest state. Commands issued while disconnected wait for the next connection (``request_timeout``
-bounds the wait). A command in flight when the connection drops is sent again only if it cannot take
-effect twice (open, fetch, subscribe); writes (set, update, set_ttl, remove, create_new) fail with
+latest state. A resubscribe the server refuses for now (20503 while its Redis restarts) is retried with
+the same backoff until it succeeds or the document turns out to be gone (``removed``). Commands
+issued while disconnected wait for the next connection (``request_timeout`` bounds the wait). A
+command in flight when the connection drops is sent again only if it cannot take effect twice (open,
+fetch, subscribe); writes (set, update, set_ttl, remove, create_new) fail with
 :class:`ConnectionClosedError` instead, since they may or may not have been applied.
 
 Errors are :class:`SyncClientError` subclasses (see :mod:`sync_client.errors`). Nothing here imports
@@ -37,7 +39,14 @@ from sync_client.errors import (
     SyncClientError,
     UniqueNameConflictError,
 )
-from sync_client.events import ConnectionState, DocumentEvent, DocumentRemoved, DocumentUpdated, EventStream
+from sync_client.events import (
+    ConnectionState,
+    DocumentAccessRevoked,
+    DocumentEvent,
+    DocumentRemoved,
+    DocumentUpdated,
+    EventStream,
+)
 
 __all__ = [
     "AuthenticationError",
@@ -45,6 +54,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionDeniedError",
     "ConnectionState",
+    "DocumentAccessRevoked",
     "DocumentEvent",
     "DocumentRemoved",
     "DocumentUpdated",

@@ -1,4 +1,5 @@
-"""Jittered exponential backoff: how long to wait before the next reconnect attempt."""
+"""Jittered exponential backoff: how long to wait before the next attempt (a reconnect, a resubscribe
+the server refused for now, a conflicting mutate). The one implementation in the client."""
 
 from __future__ import annotations
 

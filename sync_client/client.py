@@ -10,19 +10,19 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
-from protocol import Open, OpenMode, Removed, Updated
+from protocol import Open, OpenMode, Removed, SubscriptionEnded, Updated
 from sync_client.backoff import Backoff
 from sync_client.connection import DEFAULT_MAX_FRAME, Connection, Credentials, DocumentPush, TokenProvider
 from sync_client.document import SyncDocument
-from sync_client.errors import ConnectionClosedError, RateLimitedError, SyncClientError
-from sync_client.events import Callback, ConnectionState, DocumentRemoved
+from sync_client.errors import ConnectionClosedError, RateLimitedError, RequestTimeoutError, SyncClientError
+from sync_client.events import Callback, ConnectionState, DocumentAccessRevoked, DocumentRemoved
 
 __all__ = ["SyncClient"]
 
 log = logging.getLogger("sync_client")
 
 _DOCUMENT_SID = re.compile(r"ET[0-9a-f]{32}")
-# Resubscribes after a reconnect run this many at a time; 54009 refusals are retried after a backoff.
+# Resubscribes after a reconnect run this many at a time; transient refusals are retried after a backoff.
 RESUBSCRIBE_CONCURRENCY = 16
 
 
@@ -173,23 +173,42 @@ class SyncClient:
             if doc is not None:
                 removed = DocumentRemoved(message.sid, message.unique_name, message.revision, message.reason)
                 doc._on_removed(removed)
+        elif isinstance(message, SubscriptionEnded):
+            doc = self._docs.get(message.sid)
+            if doc is not None:
+                doc._on_ended(
+                    DocumentAccessRevoked(message.sid, message.unique_name, message.code, message.message)
+                )
 
     async def _resubscribe_all(self) -> None:
-        """After a (re)connect: every open document subscribes again from the revision it holds."""
+        """After a (re)connect: every open document subscribes again from the revision it holds.
+
+        A resubscribe the server could not serve for now (20503 while its Redis is down or restarting,
+        5xx, a rate-limit refusal, no reply in time) is retried with the reconnect backoff until it
+        succeeds or the document is gone (``removed``); the retries end with the connection, and the
+        next one starts over. This task is cancelled when the connection drops.
+        """
         limit = asyncio.Semaphore(RESUBSCRIBE_CONCURRENCY)
 
         async def resubscribe(doc: SyncDocument) -> None:
-            async with limit:
-                for attempt in itertools.count():
-                    try:
+            for attempt in itertools.count():
+                try:
+                    async with limit:
                         await doc._resubscribe()
-                        return
-                    except RateLimitedError:
-                        await asyncio.sleep(self._backoff.delay(attempt))
-                    except ConnectionClosedError:
-                        return  # the next connection resubscribes again
-                    except SyncClientError as exc:
+                    return
+                except ConnectionClosedError:
+                    return  # the next connection resubscribes again
+                except SyncClientError as exc:
+                    if not _worth_retrying(exc):
                         log.warning("resubscribing to %s failed: %r", doc.sid, exc)
                         return
+                    log.debug("resubscribing to %s failed (%r); retrying", doc.sid, exc)
+                # Outside the semaphore: a document waiting to retry holds up no other.
+                await asyncio.sleep(self._backoff.delay(attempt))
 
         await asyncio.gather(*(resubscribe(doc) for doc in tuple(self._docs.values())))
+
+
+def _worth_retrying(error: SyncClientError) -> bool:
+    """Refusals that say "not now" rather than "never": the same subscribe may succeed later."""
+    return isinstance(error, RateLimitedError | RequestTimeoutError) or error.status >= 500

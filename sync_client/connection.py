@@ -36,6 +36,7 @@ from protocol import (
     Reconnect,
     Removed,
     Reply,
+    SubscriptionEnded,
     TokenExpiring,
     Updated,
     UpdateToken,
@@ -59,7 +60,7 @@ log = logging.getLogger("sync_client")
 TokenProvider = Callable[[], Awaitable[str]]
 ReplyHook = Callable[[Mapping[str, Any]], None]
 # Events the server pushes for documents; the client routes them by SID.
-DocumentPush = Updated | Removed
+DocumentPush = Updated | Removed | SubscriptionEnded
 
 # Replies carry documents of at most 16 KiB of data; this leaves room for anything a newer server adds.
 MAX_SERVER_FRAME = 4 * 1024 * 1024
@@ -320,7 +321,7 @@ class Connection:
                 in_flight.future.set_result(message)
         elif isinstance(message, TokenExpiring):
             self._refresh_token_soon()
-        elif isinstance(message, Updated | Removed):
+        elif isinstance(message, Updated | Removed | SubscriptionEnded):
             self._on_push(message)
 
     def _fail_in_flight(self, error: ConnectionClosedError | None = None) -> None:

@@ -11,23 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import random
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
 
 from protocol import Fetch, Remove, Set, SetTtl, Subscribe, Unsubscribe, Update
+from sync_client.backoff import Backoff
 from sync_client.connection import Connection, ReplyHook
 from sync_client.errors import ConnectionClosedError, NotFoundError, RateLimitedError, RevisionMismatchError
-from sync_client.events import Callback, DocumentEvent, DocumentRemoved, DocumentUpdated, Emitter, EventStream
+from sync_client.events import (
+    Callback,
+    DocumentAccessRevoked,
+    DocumentEvent,
+    DocumentRemoved,
+    DocumentUpdated,
+    Emitter,
+    EventStream,
+)
 
 __all__ = ["SyncDocument"]
 
 MUTATE_MAX_ATTEMPTS = 64
-# Backoff between mutate attempts: up to 2 ms, doubling per conflict, capped at 100 ms, fully jittered,
-# so that contending writers spread out instead of colliding again in lockstep.
-_MUTATE_FIRST_DELAY = 0.002
-_MUTATE_MAX_DELAY = 0.1
+# Between mutate attempts: about 2 ms, doubling per conflict, capped at 100 ms, jittered, so that
+# contending writers spread out instead of colliding again in lockstep.
+_MUTATE_BACKOFF = Backoff(initial=0.002, maximum=0.1)
 
 Mutator = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -52,6 +59,7 @@ class SyncDocument:
         self._load(wire)
         self._updated: Emitter[DocumentUpdated] = Emitter()
         self._removed: Emitter[DocumentRemoved] = Emitter()
+        self._revoked: Emitter[DocumentAccessRevoked] = Emitter()
         self._streams: set[EventStream] = set()
         self._ended = False
 
@@ -83,13 +91,20 @@ class SyncDocument:
     def on(self, event: Literal["updated"], callback: Callback[DocumentUpdated]) -> Callable[[], None]: ...
     @overload
     def on(self, event: Literal["removed"], callback: Callback[DocumentRemoved]) -> Callable[[], None]: ...
+    @overload
+    def on(
+        self, event: Literal["revoked"], callback: Callback[DocumentAccessRevoked]
+    ) -> Callable[[], None]: ...
     def on(self, event: str, callback: Any) -> Callable[[], None]:
-        """Calls ``callback(event)`` for each ``updated`` or ``removed``; returns a function that stops it."""
+        """Calls ``callback(event)`` for each ``updated``, ``removed`` or ``revoked`` (the read permission
+        was taken away); returns a function that stops it."""
         if event == "updated":
             return self._updated.add(callback)
         if event == "removed":
             return self._removed.add(callback)
-        raise ValueError(f"unknown document event {event!r}: use 'updated' or 'removed'")
+        if event == "revoked":
+            return self._revoked.add(callback)
+        raise ValueError(f"unknown document event {event!r}: use 'updated', 'removed' or 'revoked'")
 
     def events(self, *, max_queued: int = 1000) -> EventStream:
         """``async for event in doc.events()``: every event from now on (see :class:`EventStream`)."""
@@ -105,8 +120,10 @@ class SyncDocument:
             stream.put(event)
         if isinstance(event, DocumentUpdated):
             self._updated.emit(event)
-        else:
+        elif isinstance(event, DocumentRemoved):
             self._removed.emit(event)
+        else:
+            self._revoked.emit(event)
 
     # -- state from the server --------------------------------------------------------------------
 
@@ -142,7 +159,11 @@ class SyncDocument:
         if document is not None:
             self._apply(document)
 
-    def _on_removed(self, event: DocumentRemoved) -> None:
+    def _on_ended(self, event: DocumentAccessRevoked) -> None:
+        """The subscription ended on the server: the document is closed here (not resubscribed)."""
+        self._on_removed(event)
+
+    def _on_removed(self, event: DocumentRemoved | DocumentAccessRevoked) -> None:
         if self._ended:
             return
         self._ended = True
@@ -206,8 +227,7 @@ class SyncDocument:
                 # Both mean "not written": a conflict, or a command refused before it ran.
                 if attempt + 1 >= max_attempts:
                     raise
-            ceiling = min(_MUTATE_MAX_DELAY, _MUTATE_FIRST_DELAY * 2**attempt)
-            await asyncio.sleep(random.uniform(0, ceiling))
+            await asyncio.sleep(_MUTATE_BACKOFF.delay(attempt))
             await self.refresh()
         raise ValueError("max_attempts must be at least 1")
 

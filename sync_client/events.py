@@ -17,6 +17,7 @@ from sync_client.errors import EventsOverflowError
 
 __all__ = [
     "ConnectionState",
+    "DocumentAccessRevoked",
     "DocumentEvent",
     "DocumentRemoved",
     "DocumentUpdated",
@@ -64,7 +65,19 @@ class DocumentRemoved:
     reason: RemovalReason
 
 
-DocumentEvent: TypeAlias = DocumentUpdated | DocumentRemoved
+@dataclass(frozen=True, slots=True)
+class DocumentAccessRevoked:
+    """The server ended the subscription: this identity may no longer read the document (access
+    control, ``code`` 54007). The document lives on but this copy is closed; open it again once
+    read is granted."""
+
+    sid: str
+    unique_name: str | None
+    code: int
+    message: str
+
+
+DocumentEvent: TypeAlias = DocumentUpdated | DocumentRemoved | DocumentAccessRevoked
 Callback: TypeAlias = Callable[[T], "Awaitable[None] | None"]
 
 

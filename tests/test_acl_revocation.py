@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sync_client import DocumentAccessRevoked, SyncClient
 from sync_server.tokens import mint_access_token
 from tests.support.processes import (
     TEST_ACCOUNT_SID,
@@ -172,3 +173,29 @@ async def test_granting_read_lets_a_refused_client_subscribe(servers: list[Serve
             await late.wait_until(lambda p: updates(p) == [1])
     finally:
         await late.close()
+
+
+async def test_the_python_client_reports_a_revoked_read(servers: list[ServerProcess]) -> None:
+    """``sync_client`` turns ``subscription_ended`` into the document's ``revoked`` event and closes it."""
+    a, b = servers
+    service, doc = setup(a, acl=True, readers=["reader"])
+    revoked: list[DocumentAccessRevoked] = []
+    told = asyncio.Event()
+
+    def on_revoked(event: DocumentAccessRevoked) -> None:
+        revoked.append(event)
+        told.set()
+
+    async with SyncClient(a.base_url, token=token(service, "reader")) as client:
+        document = await client.document(doc, mode="open_existing")
+        document.on("revoked", on_revoked)
+        rest(b, "DELETE", f"/{service}/Documents/{doc}/Permissions/reader")
+        async with asyncio.timeout(WAIT):
+            await told.wait()
+        message = "The read permission on this document was revoked"
+        assert revoked == [DocumentAccessRevoked(doc, "board", 54007, message)]
+        assert document.closed
+        # The server's document lives on; the client's copy no longer follows it.
+        rest(b, "POST", f"/{service}/Documents/{doc}", Data='{"n":9}')
+        await asyncio.sleep(0.2)
+        assert document.data == {"n": 0}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -171,7 +172,8 @@ def test_edits_in_one_tab_show_in_the_other(browser: Browser, servers: Servers, 
 
     alice.page.click("#increment")
     bob.expect("#count").to_have_text("42")
-    alice.expect("#log").to_contain_text("revision 6 → 7 (reply)")
+    # The writer's own reply and event may come in either order (protocol/README.md); both name it.
+    alice.expect("#log").to_contain_text(re.compile(r"revision 6 → 7 \((reply|event)\)"))
     bob.expect("#log").to_contain_text("revision 6 → 7 (event)")
 
     screenshot = tmp_path / "demo.png"
@@ -305,3 +307,49 @@ def test_sync_js_client_api(browser: Browser, servers: Servers) -> None:
     assert result["afterExpiry"] == {"still": "here"}
     assert result["states"] == [["connecting", None], ["connected", None], ["denied", 4410]]
     assert errors == []
+
+
+REVOKED_SCENARIO = """
+async ({ name, token }) => {
+  const { SyncClient, SyncError } = await import("/sdk/sync.js");
+  const client = new SyncClient("/ws", { token });
+  const doc = await client.document(name, { mode: "open_existing" });
+  const revoked = new Promise((resolve) => doc.on("revoked", resolve));
+  await window.revoke();
+  const error = await revoked;
+  const result = {
+    isSyncError: error instanceof SyncError, code: error.code, status: error.status, open: doc.isOpen,
+  };
+  client.close();
+  return result;
+}
+"""
+
+
+def test_sync_js_reports_a_revoked_read(browser: Browser, servers: Servers) -> None:
+    """On an ACL-enabled service, taking the read right away closes the browser's copy with ``revoked``."""
+    service = httpx.post(
+        f"{servers.pages.base_url}/v1/Services", data={"AclEnabled": "true"}, auth=servers.pages.auth
+    ).json()["sid"]
+    documents = f"{servers.pages.base_url}/v1/Services/{service}/Documents"
+    name = f"guarded-{secrets.token_hex(4)}"
+    assert httpx.post(documents, data={"UniqueName": name}, auth=servers.pages.auth).status_code == 201
+    permission = f"{documents}/{name}/Permissions/dana"
+    granted = httpx.post(
+        permission, data={"Read": "true", "Write": "false", "Manage": "false"}, auth=servers.pages.auth
+    )
+    assert granted.status_code == 200
+
+    def revoke() -> None:
+        assert httpx.delete(permission, auth=servers.pages.auth).status_code == 204
+
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.expose_function("revoke", revoke)
+    page.goto(f"{servers.pages.base_url}/healthz")
+    token = mint_access_token(TEST_ACCOUNT_SID, TEST_API_KEY_SID, TEST_API_KEY_SECRET, "dana", service)
+    result = page.evaluate(REVOKED_SCENARIO, {"name": name, "token": token})
+    assert result == {"isSyncError": True, "code": 54007, "status": 403, "open": False}
+    assert errors == []
+    page.close()

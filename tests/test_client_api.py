@@ -39,6 +39,7 @@ def test_exported_members() -> None:
             "ConnectionClosedError",
             "ConnectionDeniedError",
             "ConnectionState",
+            "DocumentAccessRevoked",
             "DocumentEvent",
             "DocumentRemoved",
             "DocumentUpdated",

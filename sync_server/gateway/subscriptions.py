@@ -25,7 +25,6 @@ from sync_server.events import DocumentEvent
 from sync_server.hub import Hub
 from sync_server.ids import DOCUMENT_PREFIX, is_sid
 from sync_server.principal import Principal
-from sync_server.store import keys
 
 # Events held for one document while its snapshot is read; a burst larger than this during one
 # subscribe round trip means the client could not keep up anyway.
@@ -140,7 +139,7 @@ class Subscriptions:
             raise errors.TooManySubscriptions(
                 f"Too many subscriptions on this connection (limit {self._limit})"
             )
-        channel = keys.document_channel(self._principal.service_sid, sid)
+        channel = self._hub.document_channel(self._principal.service_sid, sid)
         sub = _Subscription(sid, None, channel)
         self._by_sid[sid] = sub
         try:

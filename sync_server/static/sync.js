@@ -16,7 +16,9 @@
  *
  * Convergence: after every reconnect each open document is resubscribed with the last revision the
  * client holds; the server answers "unchanged" or the current snapshot, which is applied and emitted
- * as `updated`. Events and replies older than what a document holds are dropped, so revisions only
+ * as `updated`. A resubscribe the server refuses for now (20503 while its Redis restarts, 54009) is
+ * retried with the reconnect backoff until it succeeds or the document is gone (`removed`, reason
+ * "gone"). Events and replies older than what a document holds are dropped, so revisions only
  * ever move forward and each one is emitted once.
  *
  * @module sync
@@ -76,6 +78,7 @@ const PING_TIMEOUT = 10_000;
 const SLOW_BACKOFF = 5_000;
 const PRECONDITION_FAILED = 54103;
 const NOT_FOUND = 54100;
+const RATE_LIMITED = 54009;
 
 /**
  * What to do after a close (the table of protocol/README.md): "no" stops, "denied" stops and
@@ -107,6 +110,32 @@ export function reconnectPolicy(code) {
   if (code >= 4000 && code <= 4499) return "denied";
   return "backoff";
 }
+
+/**
+ * The delay before retry number `attempt` (0 for the first): `base` doubling per attempt, capped at
+ * `max`, with "equal jitter" — at least half the ceiling, so clients dropped together spread out but
+ * none hammers the server right away. The one backoff of this client: reconnects and resubscribes
+ * both use it.
+ * @param {number} attempt
+ * @param {number} base milliseconds
+ * @param {number} max milliseconds
+ */
+function backoffDelay(attempt, base, max) {
+  const ceiling = Math.min(max, base * 2 ** attempt);
+  return ceiling / 2 + (Math.random() * ceiling) / 2;
+}
+
+/**
+ * Whether a refusal means "not now" rather than "never": 5xx (20503 while the server's Redis is down
+ * or restarting) and rate limiting. The same command may succeed later.
+ * @param {unknown} error
+ */
+function isTransient(error) {
+  return error instanceof SyncError && (error.status >= 500 || error.code === RATE_LIMITED);
+}
+
+/** @param {number} ms */
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The server refused a command: `code` and `status` are Twilio's (e.g. 54103 / 412). */
 export class SyncError extends Error {
@@ -412,6 +441,11 @@ export class SyncClient extends Emitter {
       case "removed":
         this._documents.get(message.sid)?._removed(message.reason);
         break;
+      case "subscription_ended":
+        this._documents
+          .get(message.sid)
+          ?._revoked(new SyncError(message.error.message, message.error.code, message.error.status));
+        break;
       case "token_expiring":
         this._onTokenExpiring(message.expires_in);
         break;
@@ -486,11 +520,8 @@ export class SyncClient extends Emitter {
   _scheduleReconnect(policy) {
     const { minReconnectDelay, maxReconnectDelay } = this.options;
     const base = policy === "backoff" ? Math.max(SLOW_BACKOFF, minReconnectDelay) : minReconnectDelay;
-    const ceiling = Math.min(maxReconnectDelay, base * 2 ** this._attempt);
+    const delay = backoffDelay(this._attempt, base, maxReconnectDelay);
     this._attempt += 1;
-    // "Equal jitter": at least half the ceiling, so clients dropped together spread out but none
-    // hammers the server right away.
-    const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = setTimeout(() => this._connect(), delay);
   }
@@ -550,7 +581,9 @@ export class SyncClient extends Emitter {
  * An open, subscribed document. Its fields always hold the newest snapshot the client has seen.
  *
  * Events: `updated` (a {@link DocumentUpdate}, once per revision, for this client's writes too),
- * `removed` (a {@link DocumentRemoval}; the document is closed afterwards).
+ * `removed` (a {@link DocumentRemoval}; the document is closed afterwards), `revoked` (a
+ * {@link SyncError} with code 54007: access control took this identity's read permission away; the
+ * document lives on but this copy is closed).
  */
 export class SyncDocument extends Emitter {
   /**
@@ -681,18 +714,39 @@ export class SyncDocument extends Emitter {
     this._emit("updated", update);
   }
 
-  /** After a reconnect: subscribe again from our revision, and catch up if we missed writes. */
+  /**
+   * After a reconnect: subscribe again from our revision, and catch up if we missed writes. A
+   * refusal for now (20503 while the server's Redis restarts, 54009) is retried with the reconnect
+   * backoff until it succeeds or the document is gone; the retries end with this connection (the
+   * next one resubscribes anew).
+   */
   async _resubscribe() {
-    try {
-      const reply = await this._client._sendNow("subscribe", { doc: this.sid, revision: this.revision });
-      if (reply.document) this._apply(reply.document, "resubscribe");
-    } catch (error) {
-      if (error instanceof SyncError && error.code === NOT_FOUND) this._removed("gone");
-      // A lost connection resubscribes again on the next reconnect.
+    const client = this._client;
+    const socket = client._socket;
+    const { minReconnectDelay, maxReconnectDelay } = client.options;
+    for (let attempt = 0; this.isOpen && socket && client._socket === socket; attempt++) {
+      try {
+        const reply = await client._sendNow("subscribe", { doc: this.sid, revision: this.revision });
+        if (reply.document) this._apply(reply.document, "resubscribe");
+        return;
+      } catch (error) {
+        if (error instanceof SyncError && error.code === NOT_FOUND) this._removed("gone");
+        // A lost connection resubscribes again on the next reconnect; other refusals are final.
+        if (!isTransient(error)) return;
+      }
+      await sleep(backoffDelay(attempt, minReconnectDelay, maxReconnectDelay));
     }
   }
 
   /** @param {DocumentRemoval["reason"]} reason */
+  /** @param {SyncError} error */
+  _revoked(error) {
+    if (!this.isOpen) return;
+    this.isOpen = false;
+    this._client._forget(this);
+    this._emit("revoked", error);
+  }
+
   _removed(reason) {
     if (!this.isOpen) return;
     this.isOpen = false;

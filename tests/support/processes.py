@@ -21,7 +21,7 @@ from types import TracebackType
 
 import httpx
 
-from sync_server.embedded import EPHEMERAL_ARGS, RedisProcess
+from sync_server.embedded import EPHEMERAL_ARGS, PERSISTENT_ARGS, RedisProcess
 
 __all__ = [
     "REPO_ROOT",
@@ -64,10 +64,12 @@ def free_port() -> int:
         return port
 
 
-def start_redis(directory: Path, *, unix_socket: bool = False) -> RedisProcess:
-    """Start a throwaway Redis (no persistence) in ``directory``; it has ``.url``, ``.port``, ``.stop()``,
-    ``.kill()`` and ``.restart(kill=False)``, and keeps its address across restarts."""
-    return RedisProcess(directory, args=EPHEMERAL_ARGS, unix_socket=unix_socket).start()
+def start_redis(directory: Path, *, unix_socket: bool = False, persistent: bool = False) -> RedisProcess:
+    """Start a throwaway Redis in ``directory``; it has ``.url``, ``.port``, ``.stop()``, ``.kill()`` and
+    ``.restart(kill=False)``, and keeps its address across restarts. Without persistence by default;
+    ``persistent`` gives it the embedded mode's AOF, so its data survives a kill and restart."""
+    args = PERSISTENT_ARGS if persistent else EPHEMERAL_ARGS
+    return RedisProcess(directory, args=args, unix_socket=unix_socket).start()
 
 
 def subprocess_env(extra: Mapping[str, str] | None = None, *, credentials: bool = True) -> dict[str, str]:
