@@ -32,7 +32,6 @@ from sync_server.principal import Principal
 
 log = logging.getLogger(__name__)
 
-INIT_TIMEOUT = 30.0
 # After refusing a token the client is given this long to close before the server does.
 DENIED_LINGER = 10.0
 # Give the client time to read a ``close`` message before the websocket itself closes.
@@ -87,7 +86,7 @@ class TwilsockSession(Session):
         self.close_later(CloseCode.GOING_AWAY, "access revoked", CLOSE_GRACE)
 
     def receive_timeout(self) -> float | None:
-        return INIT_TIMEOUT if self.auth is None else None
+        return self.limits.init_timeout if self.auth is None else None
 
     def on_receive_timeout(self) -> None:
         self.outbox.close(CloseCode.POLICY_VIOLATION, "init not received in time")
