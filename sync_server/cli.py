@@ -292,9 +292,11 @@ def _server_env(
 def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # here, so that `token` and `credentials` start fast
 
+    from sync_server import workers
+
     limits = Settings.from_env().limits
     _raise_open_files_limit(verbose=args.log_level in ("debug", "trace"))
-    uvicorn.run(
+    config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
         host=args.host,
@@ -317,9 +319,11 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         proxy_headers=False,
         server_header=False,
-        # Open websockets would otherwise hold a SIGTERM'd server (and its Redis) up indefinitely.
-        timeout_graceful_shutdown=10,
+        # SIGTERM: requests in flight get this long to finish (websockets are closed with 1001 at
+        # once, see gateway/uvicorn_ws.py), then they are cancelled and the process exits.
+        timeout_graceful_shutdown=limits.drain_timeout,
     )
+    workers.run(config)
 
 
 def _http_protocol(limits: Limits) -> type[asyncio.Protocol]:

@@ -42,6 +42,8 @@ class Limits:
     """Seconds a request body may go without a byte arriving before the connection is closed."""
     keep_alive_timeout: int = 5
     """Seconds an idle keep-alive connection is kept after a response."""
+    drain_timeout: int = 10
+    """Whole seconds a stopping server (SIGTERM) gives requests in flight to finish before cancelling them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Settings:
             header_timeout=float(env.get("SYNC_HEADER_TIMEOUT", Limits.header_timeout)),
             body_timeout=float(env.get("SYNC_BODY_TIMEOUT", Limits.body_timeout)),
             keep_alive_timeout=int(env.get("SYNC_KEEP_ALIVE_TIMEOUT", Limits.keep_alive_timeout)),
+            drain_timeout=int(env.get("SYNC_DRAIN_TIMEOUT", Limits.drain_timeout)),
         )
         public_url = env.get("SYNC_PUBLIC_URL") or None
         allowed_hosts = parse_allowed_hosts(env.get("SYNC_ALLOWED_HOSTS", "")) or default_allowed_hosts(
