@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import errno
 import functools
+import ipaddress
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -43,6 +45,8 @@ COMMANDS = ("serve", "token", "credentials")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 APP_FACTORY = "sync_server.app:create_app"
+DEMO_TOKEN_TTL = 3600
+"""Seconds the token of the banner's demo link is valid."""
 
 
 class CliError(Exception):
@@ -192,6 +196,7 @@ def serve(args: argparse.Namespace) -> int:
     embedded = None if args.redis_url else embedded_server(data_dir / "redis", args.redis_server)
     if from_file:
         _print_banner(credentials, data_dir, _base_url(args))
+    _print_demo_link(credentials, args)
     if embedded is not None:
         _print_embedded(embedded, data_dir / "redis")
     # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would end the process
@@ -258,6 +263,33 @@ def _print_banner(credentials: Credentials, data_dir: Path, base_url: str) -> No
         f"Try: curl -u {auth} {base_url}/v1/Services/default/Documents",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _print_demo_link(credentials: Credentials, args: argparse.Namespace) -> None:
+    """One click to the demo, on a developer's machine only: a token printed by a server reachable from
+    elsewhere would end up in shared terminals and logs, so beyond loopback only the way to mint one."""
+    demo = f"{_base_url(args)}/demo"
+    if not _is_loopback(args.host) or not credentials.api_key_secret:
+        print(f"Demo: {demo}?token=<token>, with a token from `{PROG} token --identity <name>`", flush=True)
+        return
+    identity = f"demo-{secrets.token_hex(4)}"
+    token = mint_access_token(
+        credentials.account_sid,
+        credentials.api_key_sid,
+        credentials.api_key_secret,
+        identity,
+        ttl=DEMO_TOKEN_TTL,
+    )
+    print(f"Demo (as {identity}, for {DEMO_TOKEN_TTL // 3600} h): {demo}?token={token}", flush=True)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (``0.0.0.0`` and ``::`` are not)."""
+    try:
+        addresses = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(address[4][0]).is_loopback for address in addresses)
 
 
 def _print_embedded(server: ServerInfo, directory: Path) -> None:
