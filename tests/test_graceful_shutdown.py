@@ -23,8 +23,9 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from sync_server.config import Limits
 from sync_server.embedded import RedisProcess
-from tests.support.processes import ServerProcess, process_gone, start_redis
+from tests.support.processes import ServerProcess, child_pids, process_gone, start_redis
 from tests.support.realtime import BASIC, BASIC_HEADER, Peer, ws_url
 
 CLIENTS = 50
@@ -238,3 +239,21 @@ async def test_the_drain_timeout_bounds_a_request_that_never_finishes(
     assert status == 0, server.log_tail()
     assert drain - 0.5 < took < drain + MARGIN
     assert "timeout graceful shutdown exceeded" in server.log_tail()
+
+
+async def test_workers_and_embedded_redis_stop_in_order(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, redis_url=None, workers=2).start()
+    try:
+        assert server.pid is not None
+        children = child_pids(server.pid)
+        (redis_pid,) = [pid for pid, name in children.items() if name == "valkey-server"]
+        peer = await Peer.connect(ws_url(server))
+        os.kill(server.pid, signal.SIGTERM)
+        status, took = await wait_exit(server, Limits.drain_timeout + MARGIN)
+        assert await peer.wait_closed() == 1001
+    finally:
+        server.kill()
+    assert (status, took < Limits.drain_timeout) == (0, True), server.log_tail()
+    # The server stops its Redis after the workers, and waits for it.
+    assert process_gone(redis_pid)
+    assert "ready to exit" in (server.data_dir / "redis" / "redis.log").read_text()
