@@ -1,4 +1,4 @@
-# The sync server, next to a Redis of your own:
+# The sync server, next to a Redis of your own (compose.yaml does all of this: docker compose up -d):
 #
 #   docker build -t sync-server .
 #   docker network create sync
@@ -28,10 +28,11 @@ RUN useradd --system --user-group --uid 10001 --home-dir /nonexistent --shell /u
     && install --directory --owner=sync --group=sync --mode=700 /data
 
 # Built outside the working directory and removed: a stray source tree must never shadow the installed package.
-COPY pyproject.toml README.md /tmp/src/
+# constraints.txt (scripts/lock) pins every runtime dependency: the same sources build the same image.
+COPY pyproject.toml README.md constraints.txt /tmp/src/
 COPY sync_server /tmp/src/sync_server
 COPY protocol /tmp/src/protocol
-RUN pip install --no-cache-dir /tmp/src && rm -rf /tmp/src
+RUN pip install --no-cache-dir -c /tmp/src/constraints.txt /tmp/src && rm -rf /tmp/src
 
 ENV SYNC_REDIS_URL=redis://redis:6379/0 \
     SYNC_DATA_DIR=/data
@@ -44,4 +45,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
 
+# SIGTERM (docker stop) drains requests for up to SYNC_DRAIN_TIMEOUT (10 s) and closes websockets
+# with 1001; give `docker stop` a longer --time (compose.yaml: stop_grace_period).
+STOPSIGNAL SIGTERM
 CMD ["sync-server", "--host", "0.0.0.0", "--port", "8080"]

@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import errno
 import functools
+import ipaddress
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -43,6 +45,8 @@ COMMANDS = ("serve", "token", "credentials")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 APP_FACTORY = "sync_server.app:create_app"
+DEMO_TOKEN_TTL = 3600
+"""Seconds the token of the banner's demo link is valid."""
 
 
 class CliError(Exception):
@@ -192,6 +196,7 @@ def serve(args: argparse.Namespace) -> int:
     embedded = None if args.redis_url else embedded_server(data_dir / "redis", args.redis_server)
     if from_file:
         _print_banner(credentials, data_dir, _base_url(args))
+    _print_demo_link(credentials, args)
     if embedded is not None:
         _print_embedded(embedded, data_dir / "redis")
     # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would end the process
@@ -260,6 +265,33 @@ def _print_banner(credentials: Credentials, data_dir: Path, base_url: str) -> No
     print("\n".join(lines), flush=True)
 
 
+def _print_demo_link(credentials: Credentials, args: argparse.Namespace) -> None:
+    """One click to the demo, on a developer's machine only: a token printed by a server reachable from
+    elsewhere would end up in shared terminals and logs, so beyond loopback only the way to mint one."""
+    demo = f"{_base_url(args)}/demo"
+    if not _is_loopback(args.host) or not credentials.api_key_secret:
+        print(f"Demo: {demo}?token=<token>, with a token from `{PROG} token --identity <name>`", flush=True)
+        return
+    identity = f"demo-{secrets.token_hex(4)}"
+    token = mint_access_token(
+        credentials.account_sid,
+        credentials.api_key_sid,
+        credentials.api_key_secret,
+        identity,
+        ttl=DEMO_TOKEN_TTL,
+    )
+    print(f"Demo (as {identity}, for {DEMO_TOKEN_TTL // 3600} h): {demo}?token={token}", flush=True)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (``0.0.0.0`` and ``::`` are not)."""
+    try:
+        addresses = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(address[4][0]).is_loopback for address in addresses)
+
+
 def _print_embedded(server: ServerInfo, directory: Path) -> None:
     print(
         f"Embedded Redis server: {server}, data in {directory} "
@@ -292,9 +324,11 @@ def _server_env(
 def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # here, so that `token` and `credentials` start fast
 
+    from sync_server import workers
+
     limits = Settings.from_env().limits
     _raise_open_files_limit(verbose=args.log_level in ("debug", "trace"))
-    uvicorn.run(
+    config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
         host=args.host,
@@ -317,9 +351,11 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         proxy_headers=False,
         server_header=False,
-        # Open websockets would otherwise hold a SIGTERM'd server (and its Redis) up indefinitely.
-        timeout_graceful_shutdown=10,
+        # SIGTERM: requests in flight get this long to finish (websockets are closed with 1001 at
+        # once, see gateway/uvicorn_ws.py), then they are cancelled and the process exits.
+        timeout_graceful_shutdown=limits.drain_timeout,
     )
+    workers.run(config)
 
 
 def _http_protocol(limits: Limits) -> type[asyncio.Protocol]:

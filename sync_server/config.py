@@ -44,6 +44,8 @@ class Limits:
     """Seconds an idle keep-alive connection is kept after a response."""
     init_timeout: float = 30.0
     """Seconds a Twilsock connection may take to send its ``init`` (its token) before it is closed."""
+    drain_timeout: int = 10
+    """Whole seconds a stopping server (SIGTERM) gives requests in flight to finish before cancelling them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class Settings:
             body_timeout=float(env.get("SYNC_BODY_TIMEOUT", Limits.body_timeout)),
             keep_alive_timeout=int(env.get("SYNC_KEEP_ALIVE_TIMEOUT", Limits.keep_alive_timeout)),
             init_timeout=float(env.get("SYNC_INIT_TIMEOUT", Limits.init_timeout)),
+            drain_timeout=int(env.get("SYNC_DRAIN_TIMEOUT", Limits.drain_timeout)),
         )
         public_url = env.get("SYNC_PUBLIC_URL") or None
         allowed_hosts = parse_allowed_hosts(env.get("SYNC_ALLOWED_HOSTS", "")) or default_allowed_hosts(

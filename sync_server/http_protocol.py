@@ -17,6 +17,12 @@ Time (uvicorn itself only closes a connection left idle after a response):
 Both are armed only while a head or a body spans several reads, so a request that arrives in one
 read (nearly all of them) costs no timer. A websocket handshake is an HTTP request first, so all of
 this covers it; once upgraded the connection belongs to the websocket protocol and no timer is left.
+
+Shutdown (SIGTERM): uvicorn closes every connection that has no response in progress, including one
+whose request head is half-read, so that request was lost although its client had sent it. Here a
+request whose first bytes have arrived is read, answered and then closed (``Connection: close``), and
+an idle connection is closed after :data:`IDLE_CLOSE_GRACE`, so a request already in the socket
+buffer is answered rather than reset. The drain timeout (``SYNC_DRAIN_TIMEOUT``) bounds it all.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from sync_server.config import Limits
 LINGER = 1.0
 """Seconds a refused connection keeps reading (and dropping) what the client still sends, so that
 closing it does not reset the connection before the client has read the refusal."""
+IDLE_CLOSE_GRACE = 0.05
+"""Seconds an idle keep-alive connection stays open once shutdown begins: bytes of a request that
+were already in its socket buffer get read (and answered) instead of reset by the close."""
 
 
 class _Refused(Exception):
@@ -69,6 +78,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: TimerHandle | None = None
         self._refused = False
         self._linger_timer: TimerHandle | None = None
+        self._draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -137,6 +147,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -146,6 +158,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         super().on_message_complete()
+
+    # Shutdown
+
+    def shutdown(self) -> None:
+        """Called by uvicorn once, when the server begins a graceful shutdown."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        elif not self._head_bytes:  # idle: no response in progress, no request arriving
+            self.loop.call_later(IDLE_CLOSE_GRACE, self._close_if_idle)
+        # Otherwise a head is arriving: on_headers_complete turns keep-alive off.
+
+    def _close_if_idle(self) -> None:
+        if not self._head_bytes and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
 
     # Refusal
 

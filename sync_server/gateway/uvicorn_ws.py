@@ -37,6 +37,10 @@ from websockets.http11 import Request
 
 from protocol import CloseCode
 
+TESTED_UVICORN = ((0, 54), (0, 55))
+"""The uvicorn releases (``>=`` first, ``<`` second, as ``major, minor``) whose internals this module
+and ``http_protocol.py`` were tested with: both subclass uvicorn's protocols and use their attributes.
+pyproject.toml pins the same range; tests/test_uvicorn_pin.py fails on any other release."""
 DIRECT_EXTENSION = "sync.direct"
 ABORT_AFTER_CLOSE = 2.0
 """Seconds without progress (the client reading what was sent) after which a close is aborted."""
