@@ -118,6 +118,11 @@ class ClusterRouter:
     async def execute(self, *args: Arg) -> Any:
         return await self.execute_keyed(b"", *args)
 
+    def address_of(self, key: str | bytes) -> tuple[str, int] | None:
+        """The node the map sends ``key`` to now (None before the map is read)."""
+        connection = self._by_slot[key_slot(key if isinstance(key, bytes) else key.encode())]
+        return None if connection is None else connection.address
+
     # --- everything else -------------------------------------------------------------------------
 
     async def _route(self, slot: int, args: tuple[Arg, ...], error: RedisError | None) -> Any:

@@ -61,6 +61,11 @@ class ScriptRunner:
         self._connecting: asyncio.Lock | None = None
         self._scripts = load_scripts()
 
+    @property
+    def connection(self) -> StoreConnection | None:
+        """The connection the scripts run on, once the first call has chosen it."""
+        return self._connection
+
     async def run(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Any:
         script = self._scripts[name]
         connection = self._connection or await self._connect()
