@@ -196,9 +196,10 @@ async def test_a_killed_master_is_failed_over_and_writes_succeed_again(
         assert cluster.master_of_key(keys.service_key(service.sid)) is replica
         router = store._scripts.connection
         assert isinstance(router, ClusterRouter)
-        # The router waited the failover out itself (cannot connect, then the new map) for most calls.
-        assert router.events["cannot connect"] + router.events["MOVED"] + router.events["CLUSTERDOWN"] >= 1
-        assert failures <= 2
+        # The router waited the failover out itself (cannot connect, then the new map): the write was
+        # never sent to the dead node, so retrying it was safe, and the caller saw no error at all.
+        assert router.events["cannot connect"] >= 1
+        assert failures == 0
     finally:
         await store.close()
 
@@ -215,18 +216,23 @@ async def test_a_write_in_flight_when_its_master_dies_is_raised_not_retried(
         address = router.address_of(name)
         assert address is not None
         victim = cluster.node_by_port(address[1])
+        (replica,) = cluster.replicas_of(victim)
         call = asyncio.ensure_future(router.execute_keyed(name, "EVAL", SLOW_INCR, 1, name, 1500))
         await asyncio.sleep(0.3)
         assert not call.done()
-        cluster.kill(victim)
+        # SIGKILL it directly: the harness's kill() first asks the cluster about the victim's replicas,
+        # and a busy victim would only answer once the script is done.
+        victim.process.kill()
         began = time.monotonic()
         with pytest.raises(ConnectionLostError):
             await call
         assert time.monotonic() - began < 1.0  # at once: not retried through the failover
-        promoted = await asyncio.to_thread(cluster.wait_failover, victim)
-        # Neither the crash nor a retry applied it on the new master.
+        # This read is retried by the router until the replica is promoted (safe: it was never sent).
         assert await router.execute_keyed(name, "GET", name) is None
-        assert promoted.command("GET", name) is None
+        assert time.monotonic() - began < FAILOVER_BOUND
+        # Neither the crash nor a retry applied the write on the new master.
+        assert replica.command("GET", name) is None
+        assert router.events["cannot connect"] >= 1
     finally:
         await router.aclose()
 

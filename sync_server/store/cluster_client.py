@@ -105,7 +105,7 @@ class ClusterRouter:
         if connection is None:
             return await self._route(slot, args, None)
         try:
-            return await connection.execute(*args)
+            return await connection.submit(*args)
         except NoScriptError:
             raise
         except ResponseError as exc:
@@ -152,8 +152,9 @@ class ClusterRouter:
                         raise error
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _BACKOFF_MAX)
-                    with contextlib.suppress(RedisError):  # no node answered: keep the old map, retry
-                        await self.refresh()
+                    if word != "TRYAGAIN":  # a migration in progress changes no owner: the map holds
+                        with contextlib.suppress(RedisError):  # no node answered: keep the map, retry
+                            await self.refresh()
                     target, asking = None, False
                 error = None
             if target is None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import hiredis
@@ -43,6 +44,7 @@ DEFAULT_TIMEOUT = 5.0
 """Seconds a command may wait for its reply (the caller passes the configured value, see config.py)."""
 
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
+_NEVER = float("inf")
 
 
 class CannotConnectError(RedisConnectionError):
@@ -123,7 +125,8 @@ class _RespProtocol(asyncio.Protocol):
         # The reply deadline of each pending command (loop time), in the same order: replies come
         # in order, so only the oldest can be late, and one timer per connection watches it.
         self.deadlines: collections.deque[float] = collections.deque()
-        self.timeout = timeout
+        self.timeout = timeout or None
+        self.loop = asyncio.get_running_loop()  # protocols are made by the running loop
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.outgoing: list[bytes] = []
@@ -165,29 +168,32 @@ class _RespProtocol(asyncio.Protocol):
                 future.set_exception(error)
         self.deadlines.clear()
 
-    def send(self, packed: bytes, *, asking: bool = False) -> asyncio.Future[Any]:
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
         """Queues one packed command; the commands queued in one loop iteration leave in one write
-        (one syscall for many concurrent requests: automatic pipelining). With ``asking``, an
-        ``ASKING`` goes right before it, in the same write, its reply discarded."""
+        (one syscall for many concurrent requests: automatic pipelining)."""
         if self.lost or self.transport is None or self.transport.is_closing():
             raise CannotConnectError("Connection to Redis lost before the command was sent")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout if self.timeout else float("inf")
-        if asking:
-            placeholder = loop.create_future()
-            placeholder.cancel()  # done: data_received drops its reply (an error shows in the next one)
-            self.pending.append(placeholder)
-            self.deadlines.append(deadline)
-            self.outgoing.append(_ASKING)
+        loop = self.loop
         future = loop.create_future()
         self.pending.append(future)
-        self.deadlines.append(deadline)
+        if self.timeout is None:
+            self.deadlines.append(_NEVER)
+        else:
+            deadline = loop.time() + self.timeout
+            self.deadlines.append(deadline)
+            if self.timer is None:
+                self.timer = loop.call_at(deadline, self._check_deadline)
         self.outgoing.append(packed)
-        if len(self.outgoing) == 1 + asking:
+        if len(self.outgoing) == 1:
             loop.call_soon(self._flush)
-        if self.timer is None and self.timeout:
-            self.timer = loop.call_at(deadline, self._check_deadline)
         return future
+
+    def send_asking(self, packed: bytes) -> asyncio.Future[Any]:
+        """:meth:`send` with an ``ASKING`` right before, in the same write (its reply is dropped: an
+        error would show in the command's own reply)."""
+        future = self.send(_ASKING)
+        future.cancel()  # done: data_received consumes its reply without delivering it
+        return self.send(packed)
 
     def _flush(self) -> None:
         outgoing, self.outgoing = self.outgoing, []
@@ -198,7 +204,7 @@ class _RespProtocol(asyncio.Protocol):
         self.timer = None
         if self.lost or not self.deadlines:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         oldest = self.deadlines[0]
         if oldest > loop.time():
             self.timer = loop.call_at(oldest, self._check_deadline)
@@ -238,6 +244,14 @@ class MultiplexedRedis:
             protocol = await self._connect()
         return await protocol.send(pack_command(args))
 
+    def submit(self, *args: str | int | bytes) -> Awaitable[Any]:
+        """:meth:`execute` without a coroutine of its own when connected (the reply's future itself):
+        for a router that already is one (cluster_client.py)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            return self.execute(*args)
+        return protocol.send(pack_command(args))
+
     async def execute_keyed(self, key: str | bytes, *args: str | int | bytes) -> Any:
         """:meth:`execute`; ``key`` (the first key of the command) only matters on a cluster."""
         protocol = self._protocol
@@ -251,7 +265,7 @@ class MultiplexedRedis:
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
-        return await protocol.send(pack_command(args), asking=True)
+        return await protocol.send_asking(pack_command(args))
 
     async def _connect(self) -> _RespProtocol:
         if self._connecting is None:

@@ -75,6 +75,12 @@ class ScriptRunner:
         except NoScriptError:
             return await connection.execute_keyed(key, "EVAL", script.source, len(keys), *keys, *args)
 
+    async def command(self, key: str, *args: str | int | bytes) -> Any:
+        """One plain command whose first key is ``key``, on the scripts' connection (so that on a cluster
+        it reaches the master of ``key``'s slot, as redis-py's single-node client would not)."""
+        connection = self._connection or await self._connect()
+        return await connection.execute_keyed(key, *args)
+
     async def _connect(self) -> StoreConnection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
