@@ -23,6 +23,7 @@ from tests.support.processes import (
     TEST_API_KEY_SECRET,
     TEST_API_KEY_SID,
     TEST_AUTH_TOKEN,
+    TEST_CREDENTIALS_ENV,
     RedisProcess,
     start_redis,
 )
@@ -141,3 +142,9 @@ async def test_rest_write_to_a_hung_redis_answers_503_within_the_timeout(
     finally:
         resume(own_redis)
         await app.state.store.close()
+
+
+def test_the_timeout_setting_comes_from_sync_redis_timeout() -> None:
+    assert Settings.from_env(TEST_CREDENTIALS_ENV).redis_timeout == 5.0
+    assert Settings.from_env({**TEST_CREDENTIALS_ENV, "SYNC_REDIS_TIMEOUT": "0.25"}).redis_timeout == 0.25
+    assert Settings.from_env({**TEST_CREDENTIALS_ENV, "SYNC_REDIS_TIMEOUT": "0"}).redis_timeout is None

@@ -4,6 +4,7 @@ certificate does not verify (unknown CA, wrong host name), accepted unverified w
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -48,7 +49,8 @@ def _make_ca(directory: Path, name: str) -> None:
 
 
 def _make_certificates(directory: Path) -> None:
-    """A CA, a server certificate it signed for the name ``localhost`` only, and an unrelated CA."""
+    """A CA, a server certificate it signed for the name ``localhost`` only, a client certificate it
+    signed, and an unrelated CA."""
     _make_ca(directory, "ca")
     _make_ca(directory, "other-ca")
     _openssl(
@@ -62,20 +64,32 @@ def _make_certificates(directory: Path) -> None:
         *("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"),
         *("-out", "server.crt", "-days", "2", "-extfile", "ext.cnf"),
     )
+    # A client certificate from the same CA, for a server that requires one.
+    _openssl(
+        directory,
+        *("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+        *("-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=sync-server"),
+    )
+    _openssl(
+        directory,
+        *("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"),
+        *("-out", "client.crt", "-days", "2"),
+    )
 
 
-@pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
-    directory = tmp_path_factory.mktemp("tls-redis")
-    _make_certificates(directory)
+@contextlib.contextmanager
+def _tls_server(directory: Path, *, client_certificates: bool) -> Iterator[int]:
+    """A redis-server listening on TLS only (``--port 0``); yields its port."""
     port = free_port()
     command = [
         find_redis_server(),
         *("--port", "0", "--bind", "127.0.0.1", "--tls-port", str(port)),
         *("--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt"),
-        *("--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(directory)),
+        *("--tls-auth-clients", "yes" if client_certificates else "no"),
+        *("--save", "", "--appendonly", "no", "--dir", str(directory)),
     ]
-    with (directory / "redis.log").open("ab") as log:
+    log_path = directory / f"redis-{port}.log"
+    with log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
@@ -85,12 +99,25 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"TLS redis-server did not start: {(directory / 'redis.log').read_text()}")
+                    pytest.fail(f"TLS redis-server did not start: {log_path.read_text()}")
                 time.sleep(0.05)
-        yield TlsRedis(port, directory / "ca.crt", directory / "other-ca.crt")
+        yield port
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tls-redis")
+    _make_certificates(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certificates: Path) -> Iterator[TlsRedis]:
+    with _tls_server(certificates, client_certificates=False) as port:
+        yield TlsRedis(port, certificates / "ca.crt", certificates / "other-ca.crt")
 
 
 async def test_verified_by_the_ca_given_in_the_url(tls_redis: TlsRedis) -> None:
@@ -150,3 +177,21 @@ async def test_the_store_runs_its_scripts_over_tls(tls_redis: TlsRedis) -> None:
         assert (await store.fetch_service(service.sid)).friendly_name == "over tls"
     finally:
         await store.close()
+
+
+async def test_a_client_certificate_from_the_url_is_presented(certificates: Path) -> None:
+    with _tls_server(certificates, client_certificates=True) as port:
+        base = f"rediss://localhost:{port}/0?ssl_ca_certs={certificates / 'ca.crt'}"
+        with_certificate = (
+            f"{base}&ssl_certfile={certificates / 'client.crt'}&ssl_keyfile={certificates / 'client.key'}"
+        )
+        connection = MultiplexedRedis(params_from_url(with_certificate))
+        try:
+            assert await connection.execute("PING") == b"PONG"
+        finally:
+            await connection.aclose()
+        # Without one the server hangs up (during the handshake, or right after it with TLS 1.3).
+        connection = MultiplexedRedis(params_from_url(base))
+        with pytest.raises((CannotConnectError, ConnectionLostError)):
+            await connection.execute("PING")
+        await connection.aclose()
