@@ -12,9 +12,10 @@ What the cluster may answer, and what :class:`ClusterRouter` does about it:
   ``MOVED``);
 - ``ASK slot host:port`` (a slot half-way through a migration): ``ASKING`` and the command, adjacent on
   the named node's connection (:meth:`MultiplexedRedis.execute_asking`); the map stays as it is;
-- ``TRYAGAIN``, ``CLUSTERDOWN``, and :class:`CannotConnectError` (the master is dead and its replica
-  not yet promoted; a failover takes ~4 s): back off, re-read the map and retry, until ``retry_deadline``
-  seconds have passed since the call began;
+- ``TRYAGAIN`` (a multi-key script whose keys a migration has split): back off and retry, the map as it
+  is; ``CLUSTERDOWN`` and :class:`CannotConnectError` (the master is dead and its replica not yet
+  promoted; a failover takes ~4 s): back off, re-read the map and retry. Both until ``retry_deadline``
+  seconds have passed since the call's first redirection or failure;
 - :class:`ConnectionLostError` and ``TimeoutError`` (the command was in flight): raised, never retried,
   since the write may have happened; the map is re-read for the next caller;
 - ``NOSCRIPT`` (a promoted replica's script cache is empty): raised, the caller falls back to EVAL as on
@@ -111,9 +112,9 @@ class ClusterRouter:
         except ResponseError as exc:
             if not str(exc).startswith(_ROUTING_ERRORS):
                 raise
-            return await self._route(slot, args, exc)
+            return await self._route(slot, args, exc, connection)
         except CannotConnectError as exc:
-            return await self._route(slot, args, exc)
+            return await self._route(slot, args, exc, connection)
 
     async def execute(self, *args: Arg) -> Any:
         return await self.execute_keyed(b"", *args)
@@ -125,12 +126,19 @@ class ClusterRouter:
 
     # --- everything else -------------------------------------------------------------------------
 
-    async def _route(self, slot: int, args: tuple[Arg, ...], error: RedisError | None) -> Any:
-        """The slow path: follow redirections and wait out a failover, within ``retry_deadline``."""
+    async def _route(
+        self,
+        slot: int,
+        args: tuple[Arg, ...],
+        error: RedisError | None,
+        answered_by: MultiplexedRedis | None = None,
+    ) -> Any:
+        """The slow path: follow redirections and wait out a failover, within ``retry_deadline``.
+        ``error`` is what ``answered_by`` (the node the map chose) gave, if it was asked already."""
         give_up = time.monotonic() + self._retry_deadline
         delay = _BACKOFF_FIRST
         redirects = 0
-        target: MultiplexedRedis | None = None
+        target = answered_by
         asking = False
         while True:
             if error is not None:
