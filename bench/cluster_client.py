@@ -11,8 +11,9 @@ revision, PUBLISH the event; SPUBLISH on the cluster) on one hash-tagged documen
 - ``a``  ``MultiplexedRedis`` on standalone: what the server does today (the baseline);
 - ``b``  redis-py's asyncio ``Redis`` (pooled) on standalone;
 - ``c``  redis-py's asyncio ``RedisCluster`` on the cluster;
-- ``d``  a prototype "one ``MultiplexedRedis`` per master + slot map" client on the cluster
-  (:class:`SlotRoutedMultiplex`: CLUSTER SLOTS, routing by ``key_slot``, MOVED/ASK/TRYAGAIN handling).
+- ``d``  the server's own cluster client, ``sync_server.store.cluster_client.ClusterRouter`` (one
+  ``MultiplexedRedis`` per master, a slot map from CLUSTER SLOTS, MOVED/ASK/TRYAGAIN handled), built by
+  ``connect_store`` as the store builds it, with the EVAL fallback of ``ScriptRunner``.
 
 Each run measures every client in turn and reports calls/s, the ratio to ``a`` in the same run, client
 CPU µs per call (this process's CPU time ÷ calls) and Redis CPU µs per call (utime + stime of the
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import secrets
@@ -45,10 +45,10 @@ import uvloop
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from sync_server.embedded import RedisProcess
+from sync_server.store.cluster_client import ClusterRouter, connect_store
 from sync_server.store.multiplex import MultiplexedRedis
 from tests.support.cluster import ClusterNode, ClusterProcesses
 
@@ -70,118 +70,6 @@ return revision
 DATA = json.dumps({"text": "x" * 1000, "n": 1}, separators=(",", ":")).encode()
 
 Call = Callable[[bytes, bytes], Awaitable[Any]]
-
-
-# --- the prototype cluster client ------------------------------------------------------------------
-
-
-class SlotRoutedMultiplex:
-    """A minimal cluster client on the project's multiplexed connection: one ``MultiplexedRedis`` per
-    master, a slot → master table from ``CLUSTER SLOTS``, and redirections handled here.
-
-    - ``MOVED slot host:port``: the slot map is stale (failover, resharding): retry at the named node at
-      once and refresh the whole map (once, however many callers saw MOVED at the same time);
-    - ``ASK slot host:port``: a slot being migrated: ``ASKING`` and the command to the named node,
-      adjacent on its connection (queued in the same loop step, so no other caller's command can come
-      between them); the map stays as it is;
-    - ``TRYAGAIN`` (multi-key command during a migration), ``CLUSTERDOWN`` and failed connects (a
-      master just died): wait a little, refresh the map and retry, until ``deadline`` seconds passed;
-      a connection lost with the command in flight is raised, not retried: the write may have happened;
-    - ``NOSCRIPT`` (a promoted replica has an empty script cache): EVAL, which caches it again.
-    """
-
-    def __init__(self, startup: list[tuple[str, int]], *, deadline: float = 20.0) -> None:
-        self._startup = list(startup)
-        self._deadline = deadline
-        self._by_slot: list[tuple[str, int]] = []
-        self._connections: dict[tuple[str, int], MultiplexedRedis] = {}
-        self._refreshing: asyncio.Task[None] | None = None
-        self.redirects: collections.Counter[str] = collections.Counter()
-
-    def _connection(self, address: tuple[str, int]) -> MultiplexedRedis:
-        connection = self._connections.get(address)
-        if connection is None:
-            connection = self._connections[address] = MultiplexedRedis(
-                {"host": address[0], "port": address[1]}
-            )
-        return connection
-
-    async def refresh(self) -> None:
-        """Read CLUSTER SLOTS from the first node that answers (known masters first, then the startup
-        nodes) and replace the slot table."""
-        candidates = list(dict.fromkeys([*self._connections, *self._startup]))
-        last: Exception | None = None
-        for address in candidates:
-            try:
-                reply = await asyncio.wait_for(self._connection(address).execute("CLUSTER", "SLOTS"), 1.0)
-            except (RedisError, OSError, TimeoutError) as exc:
-                last = exc
-                continue
-            table: list[tuple[str, int]] = [("", 0)] * 16384
-            for first, last_slot, master, *_replicas in reply:
-                owner = (master[0].decode(), int(master[1]))
-                for slot in range(first, last_slot + 1):
-                    table[slot] = owner
-            if any(port == 0 for _, port in table):
-                last = RedisError(f"{address} does not see every slot served")
-                continue
-            self._by_slot = table
-            return
-        raise RedisConnectionError(f"no cluster node answers CLUSTER SLOTS: {last}")
-
-    def _refresh_soon(self) -> asyncio.Task[None]:
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self.refresh())
-        return self._refreshing
-
-    async def evalsha(self, sha: str, source: bytes, keys: list[bytes], args: list[bytes]) -> Any:
-        if not self._by_slot:
-            await self._refresh_soon()
-        slot = key_slot(keys[0])
-        address = self._by_slot[slot]
-        command: tuple[Any, ...] = ("EVALSHA", sha, len(keys), *keys, *args)
-        asking = False
-        give_up = time.monotonic() + self._deadline
-        delay = 0.02
-        while True:
-            connection = self._connection(address)
-            try:
-                if asking:
-                    asked = asyncio.gather(connection.execute("ASKING"), connection.execute(*command))
-                    return (await asked)[1]
-                return await connection.execute(*command)
-            except NoScriptError:
-                command = ("EVAL", source, *command[2:])
-                self.redirects["NOSCRIPT"] += 1
-                continue
-            except ResponseError as exc:
-                kind, _, rest = str(exc).partition(" ")
-                if kind in ("MOVED", "ASK"):
-                    self.redirects[kind] += 1
-                    host, _, port = rest.split(" ")[1].rpartition(":")
-                    address, asking = (host, int(port)), kind == "ASK"
-                    if kind == "MOVED":
-                        self._refresh_soon()
-                    continue
-                if kind not in ("TRYAGAIN", "CLUSTERDOWN") or time.monotonic() > give_up:
-                    raise
-                self.redirects[kind] += 1
-            except RedisConnectionError as exc:
-                # Only a failed connect proves the command was never sent. A connection lost with the
-                # command in flight is ambiguous (it may have run): retrying would apply a write twice.
-                if not str(exc).startswith("Cannot connect") or time.monotonic() > give_up:
-                    raise
-                self.redirects["connect refused"] += 1
-            # A node is down or the cluster is reconfiguring: back off, then ask the cluster again.
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-            with contextlib.suppress(RedisError):  # no node answered yet: keep the old map, try again
-                await self._refresh_soon()
-            address, asking = self._by_slot[slot], False
-
-    async def aclose(self) -> None:
-        for connection in self._connections.values():
-            await connection.aclose()
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -290,13 +178,15 @@ class Clients:
         self.redis_cluster = RedisCluster(
             host="127.0.0.1", port=cluster.masters()[0].port, reinitialize_steps=steps
         )
-        self.routed = SlotRoutedMultiplex(cluster.startup_nodes)
+        self.routed: ClusterRouter | None = None
 
     async def setup(self) -> None:
         self.sha = await self.pooled.script_load(SCRIPT)
         await self.redis_cluster.initialize()
         assert await self.redis_cluster.script_load(SCRIPT) == self.sha  # every primary
-        await self.routed.refresh()
+        routed = await connect_store(self.cluster.url)
+        assert isinstance(routed, ClusterRouter)
+        self.routed = routed
 
     async def a(self, key: bytes, channel: bytes) -> Any:
         try:
@@ -314,13 +204,19 @@ class Clients:
             return await self.redis_cluster.eval(SCRIPT.decode(), 2, key, channel, "SPUBLISH", DATA)
 
     async def d(self, key: bytes, channel: bytes) -> Any:
-        return await self.routed.evalsha(self.sha, SCRIPT, [key, channel], [b"SPUBLISH", DATA])
+        routed = self.routed
+        assert routed is not None
+        try:
+            return await routed.execute_keyed(key, "EVALSHA", self.sha, 2, key, channel, "SPUBLISH", DATA)
+        except NoScriptError:
+            return await routed.execute_keyed(key, "EVAL", SCRIPT, 2, key, channel, "SPUBLISH", DATA)
 
     async def aclose(self) -> None:
         await self.multiplexed.aclose()
         await self.pooled.aclose()
         await self.redis_cluster.aclose()
-        await self.routed.aclose()
+        if self.routed is not None:
+            await self.routed.aclose()
 
 
 def pids(nodes: list[ClusterNode]) -> list[int | None]:
@@ -410,7 +306,7 @@ async def failover(
     await asyncio.sleep(1.0)
     done = True
     await asyncio.gather(*tasks)
-    routed = dict(clients.routed.redirects) if name == "d" else {}
+    routed = dict(clients.routed.events) if name == "d" and clients.routed else {}
     await clients.aclose()
     return {
         "client": name,
@@ -471,7 +367,7 @@ async def reshard(
     await asyncio.gather(*tasks)
     revisions = {key: int(await clients.redis_cluster.hget(key, "r") or 0) for key, _ in docs}
     mismatched = {k.decode(): (revisions[k], successes[k]) for k, _ in docs if revisions[k] != successes[k]}
-    routed = dict(clients.routed.redirects) if name == "d" else {}
+    routed = dict(clients.routed.events) if name == "d" and clients.routed else {}
     await clients.aclose()
     return {
         "client": name,
@@ -493,7 +389,7 @@ def table(runs: list[list[Result]]) -> str:
         "a": "(a) MultiplexedRedis, standalone (baseline)",
         "b": "(b) redis-py asyncio Redis (pool), standalone",
         "c": "(c) redis-py asyncio RedisCluster, 3+3 cluster",
-        "d": "(d) prototype multiplexed per master + slot map, 3+3 cluster",
+        "d": "(d) ClusterRouter (multiplexed per master + slot map), 3+3 cluster",
     }
     lines = [
         "| client | calls/s per run | ratio to the (a) around it, per run | median ratio "

@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         max_connections=REDIS_POOL_SIZE,
         socket_connect_timeout=2,
     )
-    store = RedisStore(redis, settings.account_sid)
+    store = RedisStore(redis, settings.account_sid, timeout=settings.redis_timeout)
     documents = DocumentService(store)
     auth = BasicAuth(
         [(settings.account_sid, settings.auth_token), (settings.api_key_sid, settings.api_key_secret)]

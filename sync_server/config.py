@@ -60,6 +60,9 @@ class Settings:
     expiry_interval: float = 0.2
     """Seconds between sweeps for expired documents (the bound on how late a ``removed`` event may be)."""
     limits: Limits = Limits()
+    redis_timeout: float | None = 5.0
+    """Seconds a store command may wait for Redis's reply before the request fails with 503 (a hung
+    Redis must not hang clients); ``SYNC_REDIS_TIMEOUT``, 0 for no limit."""
     allowed_hosts: tuple[str, ...] = (ANY,)
     """Host header patterns answered (see hosts.py). :meth:`from_env` defaults to the listening
     address and localhost; settings built in code (tests, embedding) allow any Host unless told."""
@@ -99,5 +102,6 @@ class Settings:
             public_url=public_url.rstrip("/") if public_url else None,
             expiry_interval=float(env.get("SYNC_EXPIRY_INTERVAL", "0.2")),
             limits=limits,
+            redis_timeout=float(env.get("SYNC_REDIS_TIMEOUT", "5")) or None,
             allowed_hosts=allowed_hosts,
         )

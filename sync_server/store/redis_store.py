@@ -26,6 +26,7 @@ from sync_server.store import keys
 from sync_server.store.base import WriteMode
 from sync_server.store.conditions import CONDITIONS, ConditionLog, condition_of
 from sync_server.store.models import Document, Page, Permission, Service
+from sync_server.store.multiplex import DEFAULT_TIMEOUT
 from sync_server.store.scripts import ScriptRunner
 from sync_server.validation import MAX_DATA_BYTES, check_data_size
 
@@ -71,11 +72,12 @@ def default_service_sid(account_sid: str) -> str:
 class RedisStore:
     """Documents, services and permissions on one Redis (see ``keys.py`` for the layout)."""
 
-    def __init__(self, redis: Redis, account_sid: str) -> None:
+    def __init__(self, redis: Redis, account_sid: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """``timeout``: seconds a script may take to answer (see scripts.py)."""
         self.redis = redis
         self.account_sid = account_sid
         self.default_service_sid = default_service_sid(account_sid)
-        self._scripts = ScriptRunner(redis)
+        self._scripts = ScriptRunner(redis, timeout=timeout)
         self.conditions = ConditionLog()
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ is read; the combined source is what Redis caches under its SHA1.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
@@ -14,7 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from sync_server.store.multiplex import MultiplexedRedis
+from sync_server.store.cluster_client import StoreConnection, connect_store
+from sync_server.store.multiplex import DEFAULT_TIMEOUT, params_from_pool
 
 _PRELUDE = "_prelude.lua"
 
@@ -42,22 +44,52 @@ def load_scripts() -> dict[str, LuaScript]:
 
 class ScriptRunner:
     """Runs the scripts: one EVALSHA per call, one round trip, on a multiplexed connection to the
-    same Redis as ``redis`` (see multiplex.py for why not through redis-py's pool).
+    same Redis as ``redis`` (see multiplex.py for why not through redis-py's pool), or, when that Redis
+    is a node of a cluster, on a router to the master of the script's first key (cluster_client.py).
+    Which of the two is decided on the first call (``INFO cluster``), so that constructing the store
+    needs no round trip and a server started while Redis is down still comes up.
 
     A Redis that lost its script cache (restart, SCRIPT FLUSH, failover) answers NOSCRIPT; the call
     is then repeated once as EVAL, which also re-caches the script.
     """
 
-    def __init__(self, redis: Redis) -> None:
-        self._connection = MultiplexedRedis(dict(redis.connection_pool.connection_kwargs))
+    def __init__(self, redis: Redis, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """``timeout``: seconds each script may take to answer (``SYNC_REDIS_TIMEOUT``)."""
+        self._params = params_from_pool(redis.connection_pool)
+        self._timeout = timeout
+        self._connection: StoreConnection | None = None
+        self._connecting: asyncio.Lock | None = None
         self._scripts = load_scripts()
+
+    @property
+    def connection(self) -> StoreConnection | None:
+        """The connection the scripts run on, once the first call has chosen it."""
+        return self._connection
 
     async def run(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Any:
         script = self._scripts[name]
+        connection = self._connection or await self._connect()
+        key = keys[0] if keys else ""
         try:
-            return await self._connection.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await connection.execute_keyed(key, "EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await self._connection.execute("EVAL", script.source, len(keys), *keys, *args)
+            return await connection.execute_keyed(key, "EVAL", script.source, len(keys), *keys, *args)
+
+    async def command(self, key: str, *args: str | int | bytes) -> Any:
+        """One plain command whose first key is ``key``, on the scripts' connection (so that on a cluster
+        it reaches the master of ``key``'s slot, as redis-py's single-node client would not)."""
+        connection = self._connection or await self._connect()
+        return await connection.execute_keyed(key, *args)
+
+    async def _connect(self) -> StoreConnection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connection is None:
+                self._connection = await connect_store(self._params, command_timeout=self._timeout)
+            return self._connection
 
     async def aclose(self) -> None:
-        await self._connection.aclose()
+        if self._connection is not None:
+            await self._connection.aclose()
+            self._connection = None
