@@ -203,7 +203,9 @@ async def test_sigterm_drains_requests_in_flight(
     # connection closed before any byte of an answer; it never gets half an answer.
     assert [o for o in after if o.partial] == []
     assert {o.status for o in after} <= {200, None}
-    assert len(probed) >= 3 and set(probed) == {"refused"}, probed
+    # At least one attempt lands while the server drains (it drains for about the clients' pause);
+    # how many depends on how fast the drain ends, so only "all refused" is exact.
+    assert len(probed) >= 1 and set(probed) == {"refused"}, probed
     assert closes == [1001] * len(peers)
     assert (status, took < DRAIN_TIMEOUT + MARGIN) == (0, True), server.log_tail()
     assert process_gone(server.pid or 0)
