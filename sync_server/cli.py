@@ -41,6 +41,7 @@ __all__ = ["build_parser", "main"]
 PROG = "sync-server"
 COMMANDS = ("serve", "token", "credentials")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 APP_FACTORY = "sync_server.app:create_app"
 
@@ -135,6 +136,13 @@ def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         choices=LOG_LEVELS,
         default=env.get("SYNC_LOG_LEVEL") or "info",
         help="(env SYNC_LOG_LEVEL, default: %(default)s)",
+    )
+    serve.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default=env.get("SYNC_LOG_FORMAT") or "text",
+        help="text lines, or one JSON object per line (env SYNC_LOG_FORMAT, default: %(default)s)",
     )
 
 
@@ -292,6 +300,8 @@ def _server_env(
 def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # here, so that `token` and `credentials` start fast
 
+    from sync_server.logs import log_config
+
     limits = Settings.from_env().limits
     _raise_open_files_limit(verbose=args.log_level in ("debug", "trace"))
     uvicorn.run(
@@ -315,6 +325,10 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         ws_per_message_deflate=False,
         lifespan="on",
         log_level=args.log_level,
+        # Applied by uvicorn in the supervisor and in every worker. The app writes the access lines
+        # (with request id, route template and duration, logs.py), so uvicorn's are off.
+        log_config=log_config(args.log_format, args.log_level),
+        access_log=False,
         proxy_headers=False,
         server_header=False,
         # Open websockets would otherwise hold a SIGTERM'd server (and its Redis) up indefinitely.
