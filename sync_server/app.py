@@ -95,11 +95,14 @@ class SyncApp:
                 message = {**message, "headers": headers}
             await send(message)
 
-        if self.hosts.allows_scope(scope):
-            await self.starlette(scope, receive, send_with_id)
-        else:
-            await refuse(scope, receive, send_with_id)
-        logs.log_access(scope, request_id, _route_template(scope), status, started)
+        try:
+            if self.hosts.allows_scope(scope):
+                await self.starlette(scope, receive, send_with_id)
+            else:
+                await refuse(scope, receive, send_with_id)
+        finally:
+            # Also after a bug, which Starlette has answered with a 500 before re-raising it.
+            logs.log_access(scope, request_id, _route_template(scope), status, started)
 
 
 def _route_template(scope: Scope) -> str | None:
