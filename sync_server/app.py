@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sync_server import errors, redaction
+from sync_server import errors, logs, redaction
 from sync_server.config import Settings
 from sync_server.documents import DocumentService
 from sync_server.gateway.auth import SocketAuthenticator
@@ -47,9 +48,10 @@ class SyncApp:
     """The ASGI app: REST requests go straight to the REST API; everything else (lifespan, health,
     websockets, static files) through Starlette's router.
 
-    The REST API maps every error to Twilio's format itself, so Starlette's middleware stack (about a
-    tenth of a REST write's CPU) would add nothing on that path. Every request's Host is checked
-    first (hosts.py): links in responses are built from it.
+    The REST API maps every error to Twilio's format itself, and adds its request id and access line
+    (logs.py), so Starlette's middleware stack (about a tenth of a REST write's CPU) would add nothing
+    on that path. Every request's Host is checked first (hosts.py): links in responses are built
+    from it. Other HTTP requests get their request id and access line here (:meth:`_http`).
     """
 
     def __init__(
@@ -63,16 +65,54 @@ class SyncApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "lifespan" and not self.hosts.allows_scope(scope):
+        if kind == "http":
+            if scope["path"].startswith("/v1/") and self.hosts.allows_scope(scope):
+                await self.rest(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
+        elif kind != "lifespan" and not self.hosts.allows_scope(scope):
             await refuse(scope, receive, send)
-        elif kind == "http" and scope["path"].startswith("/v1/"):
-            await self.rest(scope, receive, send)
         elif kind == "websocket" and scope["path"] in self.sockets:
             # Straight to the endpoint: every idle connection would otherwise keep Starlette's
             # middleware and routing frames alive in its task (a few KiB each).
             await self.sockets[scope["path"]](scope, receive, send)
         else:
             await self.starlette(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An HTTP request outside ``/v1`` (or refused for its Host), with its request id added to
+        the response and its access line logged."""
+        started = time.perf_counter()
+        request_id = logs.new_request_id()
+        logs.current_request_id.set(request_id)
+        status: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", ()), (logs.REQUEST_ID_HEADER, request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if self.hosts.allows_scope(scope):
+                await self.starlette(scope, receive, send_with_id)
+            else:
+                await refuse(scope, receive, send_with_id)
+        finally:
+            # Also after a bug, which Starlette has answered with a 500 before re-raising it.
+            logs.log_access(scope, request_id, _route_template(scope), status, started)
+
+
+def _route_template(scope: Scope) -> str | None:
+    """The template of the Starlette route that served ``scope`` (the router records it there)."""
+    route = scope.get("route")
+    if isinstance(route, Mount):
+        return f"{route.path}/{{path}}"
+    if isinstance(route, Route):
+        return route.path
+    return None
 
 
 def create_app(settings: Settings | None = None) -> SyncApp:

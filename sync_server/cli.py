@@ -16,6 +16,7 @@ import contextlib
 import errno
 import functools
 import ipaddress
+import logging
 import os
 import secrets
 import shlex
@@ -43,6 +44,7 @@ __all__ = ["build_parser", "main"]
 PROG = "sync-server"
 COMMANDS = ("serve", "token", "credentials")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 APP_FACTORY = "sync_server.app:create_app"
 DEMO_TOKEN_TTL = 3600
@@ -140,6 +142,13 @@ def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         default=env.get("SYNC_LOG_LEVEL") or "info",
         help="(env SYNC_LOG_LEVEL, default: %(default)s)",
     )
+    serve.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default=env.get("SYNC_LOG_FORMAT") or "text",
+        help="text lines, or one JSON object per line (env SYNC_LOG_FORMAT, default: %(default)s)",
+    )
 
 
 def _add_data_dir(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -195,10 +204,10 @@ def serve(args: argparse.Namespace) -> int:
     # Checked before anything starts: a server that may not read the data must not touch it.
     embedded = None if args.redis_url else embedded_server(data_dir / "redis", args.redis_server)
     if from_file:
-        _print_banner(credentials, data_dir, _base_url(args))
-    _print_demo_link(credentials, args)
+        _say(args, _banner(credentials, data_dir, _base_url(args)))
+    _say(args, _demo_link(credentials, args))
     if embedded is not None:
-        _print_embedded(embedded, data_dir / "redis")
+        _say(args, _embedded_line(embedded, data_dir / "redis"))
     # uvicorn re-raises SIGTERM once it has shut down; with the default handler that would end the process
     # before the embedded Redis is stopped, so turn it into SystemExit, which unwinds the ExitStack.
     signal.signal(signal.SIGTERM, _exit_quietly)
@@ -244,7 +253,21 @@ def _base_url(args: argparse.Namespace) -> str:
     return f"http://[{host}]:{args.port}" if ":" in host else f"http://{host}:{args.port}"
 
 
-def _print_banner(credentials: Credentials, data_dir: Path, base_url: str) -> None:
+def _say(args: argparse.Namespace, text: str) -> None:
+    """Prints startup lines on stdout; with ``--log-format json`` each one is a JSON log record, so
+    that every line of the output stays one object (then redacted like every log line)."""
+    if args.log_format != "json":
+        print(text, flush=True)
+        return
+    from sync_server.logs import JsonFormatter
+
+    formatter = JsonFormatter()
+    for line in text.splitlines():
+        record = logging.LogRecord("sync_server.cli", logging.INFO, __file__, 0, line, None, None)
+        print(formatter.format(record), flush=True)
+
+
+def _banner(credentials: Credentials, data_dir: Path, base_url: str) -> str:
     account_from_env = bool(os.environ.get("SYNC_ACCOUNT_SID"))
     key_from_env = bool(os.environ.get("SYNC_API_KEY_SID"))
     token = "(from SYNC_AUTH_TOKEN)" if account_from_env else credentials.auth_token
@@ -262,16 +285,15 @@ def _print_banner(credentials: Credentials, data_dir: Path, base_url: str) -> No
         f"  API key secret  {secret}",
         f"Try: curl -u {auth} {base_url}/v1/Services/default/Documents",
     ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
 
 
-def _print_demo_link(credentials: Credentials, args: argparse.Namespace) -> None:
+def _demo_link(credentials: Credentials, args: argparse.Namespace) -> str:
     """One click to the demo, on a developer's machine only: a token printed by a server reachable from
     elsewhere would end up in shared terminals and logs, so beyond loopback only the way to mint one."""
     demo = f"{_base_url(args)}/demo"
     if not _is_loopback(args.host) or not credentials.api_key_secret:
-        print(f"Demo: {demo}?token=<token>, with a token from `{PROG} token --identity <name>`", flush=True)
-        return
+        return f"Demo: {demo}?token=<token>, with a token from `{PROG} token --identity <name>`"
     identity = f"demo-{secrets.token_hex(4)}"
     token = mint_access_token(
         credentials.account_sid,
@@ -280,7 +302,7 @@ def _print_demo_link(credentials: Credentials, args: argparse.Namespace) -> None
         identity,
         ttl=DEMO_TOKEN_TTL,
     )
-    print(f"Demo (as {identity}, for {DEMO_TOKEN_TTL // 3600} h): {demo}?token={token}", flush=True)
+    return f"Demo (as {identity}, for {DEMO_TOKEN_TTL // 3600} h): {demo}?token={token}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -292,11 +314,10 @@ def _is_loopback(host: str) -> bool:
     return all(ipaddress.ip_address(address[4][0]).is_loopback for address in addresses)
 
 
-def _print_embedded(server: ServerInfo, directory: Path) -> None:
-    print(
+def _embedded_line(server: ServerInfo, directory: Path) -> str:
+    return (
         f"Embedded Redis server: {server}, data in {directory} "
-        "(choose another with --redis-server or SYNC_REDIS_SERVER)",
-        flush=True,
+        "(choose another with --redis-server or SYNC_REDIS_SERVER)"
     )
 
 
@@ -325,6 +346,7 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # here, so that `token` and `credentials` start fast
 
     from sync_server import workers
+    from sync_server.logs import log_config
 
     limits = Settings.from_env().limits
     _raise_open_files_limit(verbose=args.log_level in ("debug", "trace"))
@@ -349,6 +371,10 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         ws_per_message_deflate=False,
         lifespan="on",
         log_level=args.log_level,
+        # Applied by uvicorn in the supervisor and in every worker. The app writes the access lines
+        # (with request id, route template and duration, logs.py), so uvicorn's are off.
+        log_config=log_config(args.log_format, args.log_level),
+        access_log=False,
         proxy_headers=False,
         server_header=False,
         # SIGTERM: requests in flight get this long to finish (websockets are closed with 1001 at

@@ -13,6 +13,7 @@ to the permissions route; sent encoded (``%2F``) it is unambiguous.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -23,6 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from sync_server import errors
 from sync_server.documents import DocumentService
+from sync_server.logs import REQUEST_ID_HEADER, current_request_id, log_access, new_request_id
+from sync_server.principal import SYSTEM_IDENTITY
 from sync_server.rest import handlers
 from sync_server.rest.auth import BasicAuth
 from sync_server.rest.handlers import Context
@@ -32,13 +35,14 @@ from sync_server.rest.responses import error_response
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Context], Awaitable[Response]]
+Pattern = tuple[str | None, ...]
 
 _DOCUMENT = ("Services", None, "Documents", None)
 _PERMISSIONS = (*_DOCUMENT, "Permissions")
 _PERMISSION = (*_PERMISSIONS, None)
 
 # Segment patterns: literal names, or None for a path parameter.
-ROUTES: dict[tuple[str | None, ...], dict[str, Handler]] = {
+ROUTES: dict[Pattern, dict[str, Handler]] = {
     ("Services",): {"GET": handlers.list_services, "POST": handlers.create_service},
     ("Services", None): {
         "GET": handlers.fetch_service,
@@ -60,6 +64,16 @@ ROUTES: dict[tuple[str | None, ...], dict[str, Handler]] = {
 }
 _SHAPES = {len(pattern): pattern for pattern in ROUTES}
 
+# The route templates of logs and metrics: the OpenAPI description's paths (a test pins them).
+TEMPLATES: dict[Pattern, str] = {
+    ("Services",): "/v1/Services",
+    ("Services", None): "/v1/Services/{Sid}",
+    ("Services", None, "Documents"): "/v1/Services/{ServiceSid}/Documents",
+    _DOCUMENT: "/v1/Services/{ServiceSid}/Documents/{Sid}",
+    _PERMISSIONS: "/v1/Services/{ServiceSid}/Documents/{DocumentSid}/Permissions",
+    _PERMISSION: "/v1/Services/{ServiceSid}/Documents/{DocumentSid}/Permissions/{Identity}",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RestConfig:
@@ -77,26 +91,44 @@ class RestApi:
         self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        # For records logged while this request is handled (this task's context only).
+        current_request_id.set(request_id)
         request = Request(scope, receive)
+        route: str | None = None
+        identity: str | None = None
         try:
-            response = await self._handle(request)
+            # Authenticated before the path is looked at: a stranger learns nothing about routes.
+            self.auth.check(_header(scope, b"authorization"))
+            identity = SYSTEM_IDENTITY
+            raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+            pattern, params = _match(_segments(raw_path))
+            route = TEMPLATES[pattern]
+            response = await self._handle(request, pattern, params)
         except errors.SyncError as exc:
+            if identity is None:
+                # Refused before routing; the access line still names the route.
+                route = _template(scope)
             response = error_response(exc)
         except ClientDisconnect:
             # The client went away mid-body: nobody is left to answer, and it is no fault of ours.
-            log.debug("client disconnected during %s %s", scope["method"], scope["path"])
+            log.debug("client disconnected during %s %s (%s)", scope["method"], route or "-", request_id)
+            log_access(scope, request_id, route, None, started, identity)
             return
         except Exception:
             # A bug, not bad input: log it, and still answer in Twilio's format without a traceback.
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            log.exception("unhandled error on %s %s (%s)", scope["method"], route or "-", request_id)
             response = error_response(errors.SyncError("Internal server error"))
+        response.raw_headers.append((REQUEST_ID_HEADER, request_id.encode()))
         await response(scope, receive, send)
+        log_access(scope, request_id, route, response.status_code, started, identity)
 
-    async def _handle(self, request: Request) -> Response:
-        scope = request.scope
-        self.auth.check(_header(scope, b"authorization"))
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        handler, params = _route(_segments(raw_path), scope["method"])
+    async def _handle(self, request: Request, pattern: Pattern, params: list[str]) -> Response:
+        methods = ROUTES[pattern]
+        method = request.scope["method"]
+        if method not in methods:
+            raise errors.MethodNotAllowed(methods)
         context = Context(
             request=request,
             documents=self.documents,
@@ -106,7 +138,15 @@ class RestApi:
             account_sid=self.config.account_sid,
             max_body_bytes=self.config.max_body_bytes,
         )
-        return await handler(context)
+        return await methods[method](context)
+
+
+def _template(scope: Scope) -> str | None:
+    try:
+        pattern, _ = _match(_segments(scope.get("raw_path") or scope["path"].encode()))
+    except errors.NotFoundError:
+        return None
+    return TEMPLATES[pattern]
 
 
 def _segments(raw_path: bytes) -> list[str]:
@@ -128,15 +168,7 @@ def _segments(raw_path: bytes) -> list[str]:
         raise errors.NotFoundError("The requested resource was not found: the path is not UTF-8") from None
 
 
-def _route(segments: list[str], method: str) -> tuple[Handler, list[str]]:
-    pattern, params = _match(segments)
-    methods = ROUTES[pattern]
-    if method not in methods:
-        raise errors.MethodNotAllowed(methods)
-    return methods[method], params
-
-
-def _match(segments: list[str]) -> tuple[tuple[str | None, ...], list[str]]:
+def _match(segments: list[str]) -> tuple[Pattern, list[str]]:
     """The route pattern of ``segments`` and its path parameters (see the module docstring)."""
     if len(segments) > 4 and segments[0] == "Services" and segments[2] == "Documents":
         service, rest = segments[1], segments[3:]

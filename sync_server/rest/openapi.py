@@ -279,6 +279,10 @@ def _header(description: str, pattern: str | None = None) -> dict[str, Any]:
     return {"description": description, "required": True, "schema": schema}
 
 
+_REQUEST_ID = "Twilio-Request-Id"
+# Answered by the HTTP protocol before the app sees the request: no request id.
+_BEFORE_THE_APP = ("RequestTargetTooLarge", "RequestHeadTooLarge")
+
 _ETAG = {"ETag": _header("The document's revision (unquoted), as in `revision`.", _REVISION)}
 
 
@@ -287,6 +291,21 @@ def _json(description: str, schema: dict[str, Any], headers: dict[str, Any] | No
     if headers:
         response["headers"] = headers
     return response
+
+
+def _with_request_ids(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the request id header declared on every response the app answers: the
+    shared ones (but those answered before it) and every one written inline in an operation."""
+    ref = _ref("headers", _REQUEST_ID)
+    shared = document["components"]["responses"]
+    responses = [response for name, response in shared.items() if name not in _BEFORE_THE_APP]
+    for item in document["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                responses += [r for r in operation["responses"].values() if "$ref" not in r]
+    for response in responses:
+        response["headers"] = {**response.get("headers", {}), _REQUEST_ID: ref}
+    return document
 
 
 def _shared_responses(max_body_bytes: int) -> dict[str, Any]:
@@ -822,7 +841,7 @@ def _package_version() -> str:
 
 def build(max_body_bytes: int) -> dict[str, Any]:
     """The OpenAPI document, for a server whose REST bodies are limited to ``max_body_bytes``."""
-    return {
+    document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "sync-server: Twilio Sync v1 REST API",
@@ -862,8 +881,16 @@ def build(max_body_bytes: int) -> dict[str, Any]:
                 "health": _health_schema(),
             },
             "responses": _shared_responses(max_body_bytes),
+            "headers": {
+                _REQUEST_ID: _header(
+                    "Twilio's request id, new for every answer of this server, as in its access and "
+                    "error logs.",
+                    "^RQ[0-9a-f]{32}$",
+                )
+            },
         },
     }
+    return _with_request_ids(document)
 
 
 def endpoint(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
