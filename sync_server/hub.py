@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from sync_server import errors
 from sync_server.events import DocumentEvent, decode_event
 from sync_server.store import keys
-from sync_server.store.multiplex import CONNECT_TIMEOUT, pack_command
+from sync_server.store.multiplex import CONNECT_TIMEOUT, pack_command, params_from_pool, ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,9 @@ class Hub:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         # The same Redis as ``redis`` (address, credentials), on a connection of the hub's own.
-        self._params = dict(redis.connection_pool.connection_kwargs)
+        self._params = params_from_pool(redis.connection_pool)
+        # rediss:// as for the store's connection (the same URL options, see multiplex.ssl_context).
+        self._ssl = ssl_context(self._params)
         self._subscribe_timeout = subscribe_timeout
         self._heartbeat_interval = heartbeat_interval
         self._channels: dict[bytes, _Channel] = {}
@@ -386,7 +388,11 @@ class Hub:
                 else:
                     host, port = params.get("host", "localhost"), int(params.get("port", 6379))
                     _, connection = await loop.create_connection(
-                        lambda: _PubSubConnection(self, loop), host, port
+                        lambda: _PubSubConnection(self, loop),
+                        host,
+                        port,
+                        ssl=self._ssl,
+                        server_hostname=host if self._ssl is not None else None,
                     )
                 connection.handshake(params)
                 await connection.ready

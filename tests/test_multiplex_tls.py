@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -25,7 +26,8 @@ from sync_server.store.multiplex import (
     params_from_url,
 )
 from sync_server.store.redis_store import RedisStore
-from tests.support.processes import TEST_ACCOUNT_SID, free_port
+from tests.support.processes import TEST_ACCOUNT_SID, ServerProcess, free_port
+from tests.support.realtime import Peer, ws_url
 
 
 @dataclass(frozen=True)
@@ -195,3 +197,29 @@ async def test_a_client_certificate_from_the_url_is_presented(certificates: Path
         with pytest.raises((CannotConnectError, ConnectionLostError)):
             await connection.execute("PING")
         await connection.aclose()
+
+
+async def test_a_whole_server_on_rediss(tls_redis: TlsRedis, tmp_path: Path) -> None:
+    """Every connection the server opens speaks TLS: the scripts (REST writes), redis-py's
+    (``/healthz``, service reads) and the hub's pub/sub (a websocket subscriber gets the event)."""
+    url = f"rediss://localhost:{tls_redis.port}/0?ssl_ca_certs={tls_redis.ca}"
+    server = ServerProcess(tmp_path, redis_url=url).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, auth=server.auth) as http:
+            assert (await http.get("/healthz")).json() == {"status": "ok"}
+            created = await http.post("/v1/Services/default/Documents", data={"UniqueName": "over-tls"})
+            assert created.status_code == 201, created.text
+            peer = await Peer.connect(ws_url(server))
+            try:
+                await peer.ok("subscribe", doc="over-tls")
+                written = await http.post(
+                    "/v1/Services/default/Documents/over-tls", data={"Data": '{"tls":1}'}
+                )
+                assert written.status_code == 200
+                await peer.wait_until(lambda p: any(e["event"] == "updated" for e in p.events))
+                assert peer.events[-1]["document"]["data"] == {"tls": 1}
+            finally:
+                await peer.close()
+        assert "Traceback" not in server.log_tail(200)
+    finally:
+        server.kill()
