@@ -122,6 +122,9 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         settings.redis_url,
         max_connections=REDIS_POOL_SIZE,
         socket_connect_timeout=2,
+        # The management commands (service reads, /healthz's INFO) time out like the scripts do; the
+        # hub reads only the connection settings from this client and keeps its own heartbeat.
+        socket_timeout=settings.redis_timeout or None,
     )
     store = RedisStore(redis, settings.account_sid, timeout=settings.redis_timeout)
     documents = DocumentService(store)

@@ -135,6 +135,13 @@ async def test_rest_write_to_a_hung_redis_answers_503_within_the_timeout(
             assert response.status_code == 503
             assert response.json()["code"] == 20503
             assert elapsed <= TIMEOUT + MARGIN
+            # The routes on redis-py's client (a service read, /healthz's INFO) time out the same way.
+            for path, code in (("/v1/Services/default", 20503), ("/healthz", None)):
+                began = time.monotonic()
+                response = await http.get(path)
+                assert response.status_code == 503, (path, response.text)
+                assert code is None or response.json()["code"] == code
+                assert time.monotonic() - began <= TIMEOUT + MARGIN, path
             resume(own_redis)
             response = await http.post("/v1/Services/default/Documents/hung", data={"Data": '{"a":2}'})
             assert response.status_code == 200, response.text
