@@ -17,13 +17,18 @@ in the name's partition (see keys.py).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sync_server.store import keys
 from sync_server.store.redis_store import RedisStore
+
+log = logging.getLogger("sync_server.store")
 
 DELETE_BATCH = 500
 
@@ -53,7 +58,15 @@ async def needs_migration(store: RedisStore) -> bool:
 
 
 async def check_layout(store: RedisStore) -> None:
-    if await needs_migration(store):
+    """Raises :class:`OldLayoutError` on a store of the first layout. A Redis that cannot be
+    reached is not checked: the server starts and answers 503 until Redis is back, as it always
+    has (it is checked again at the next start)."""
+    try:
+        old = await needs_migration(store)
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        log.warning("Redis is unreachable at start: the key layout was not checked")
+        return
+    if old:
         raise OldLayoutError(
             "The Redis store holds data of the previous key layout: stop every server and run "
             "`sync-server migrate --redis-url <url>` first (see README: Running on Redis Cluster)"

@@ -467,24 +467,29 @@ class RedisStore:
     async def _create_service(self, sid: str, settings: dict[str, str], ensure: bool = False) -> Service:
         """The 64 partition copies first, then the canonical hash, then the index entry: a crash
         in between leaves nothing a reader reaches half made (a service is found through its
-        canonical hash and listed through the index; copies alone serve no one)."""
-        acl = settings.get("acl_enabled", "0")
-        if ensure:
-            existing = cast(
-                "dict[bytes, bytes]", await self._guard(lambda: self.redis.hgetall(keys.service_key(sid)))
-            )
-            if existing:
-                acl = existing.get(b"acl_enabled", b"0").decode()
-        await self._put_copies(sid, acl)
+        canonical hash and listed through the index; copies alone serve no one).
+
+        The default service (``ensure``) may exist already, with its own settings: its canonical
+        hash comes first then, and the copies follow what it holds. Until they exist, its document
+        scripts answer ``nosvc`` and come back here, which is idempotent.
+        """
         args: list[str | int | bytes] = ["1" if ensure else "0"]
         for name, value in settings.items():
             args += [name, value]
-        reply = await self._run("svc_create", [keys.service_key(sid)], args)
-        if reply[0] == b"exists":  # pragma: no cover - a random 128-bit SID collided
-            raise errors.SyncError("Service SID collision, try again")
-        await self._run("svc_index_add", [keys.SERVICE_INDEX, keys.SERVICE_SEQ], [sid])
-        await self._guard(lambda: self.redis.set(keys.LAYOUT, keys.LAYOUT_VERSION, nx=True))
-        return _service(sid, reply[1:])
+        if ensure:
+            reply = await self._run("svc_create", [keys.service_key(sid)], args)
+            service = _service(sid, reply[1:])
+            await self._put_copies(sid, "1" if service.acl_enabled else "0")
+        else:
+            await self._put_copies(sid, settings.get("acl_enabled", "0"))
+            reply = await self._run("svc_create", [keys.service_key(sid)], args)
+            if reply[0] == b"exists":  # pragma: no cover - a random 128-bit SID collided
+                raise errors.SyncError("Service SID collision, try again")
+            service = _service(sid, reply[1:])
+        await self._run(
+            "svc_index_add", [keys.SERVICE_INDEX, keys.SERVICE_SEQ, keys.LAYOUT], [sid, keys.LAYOUT_VERSION]
+        )
+        return service
 
     async def _put_copies(self, service_sid: str, acl_enabled: str) -> None:
         await asyncio.gather(
