@@ -167,7 +167,9 @@ def run_redis_benchmark(redis: RedisProcess, prefix: str, plan: RestPlan) -> dic
     """``doc_write`` by EVALSHA with a REST update's arguments, 64 clients, documents in rotation."""
     if shutil.which("redis-benchmark") is None:
         return {"skipped": "redis-benchmark is not installed (apt-get install redis-tools)"}
-    assert redis.port is not None
+    # TODO(issue 10): redis-benchmark cannot give each random name the KEYS of its partition.
+    return {"skipped": "not yet ported to the partitioned key layout"}
+    assert redis.port is not None  # pragma: no cover
     script = load_scripts()["doc_write"]
     service = default_service_sid(procs.ACCOUNT_SID)
     client = Redis(host="127.0.0.1", port=redis.port)

@@ -36,6 +36,7 @@ from sync_server.rest.api import RestApi, RestConfig
 from sync_server.rest.auth import BasicAuth
 from sync_server.rest.responses import error_response, json_response
 from sync_server.store.conditions import WarningThrottle
+from sync_server.store.migrate import check_layout
 from sync_server.store.redis_store import RedisStore
 from sync_server.tokens import TokenVerifier
 
@@ -152,6 +153,8 @@ def create_app(settings: Settings | None = None) -> SyncApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Refuses to serve a store of the previous key layout (`sync-server migrate` re-keys it).
+        await check_layout(store)
         await hub.start()
         sweeper = asyncio.create_task(_sweep_forever(store, settings.expiry_interval))
         try:

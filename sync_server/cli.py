@@ -12,6 +12,7 @@ to learn generated ones), never when they come from the environment, and never l
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import functools
@@ -34,6 +35,7 @@ from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProce
 from sync_server.embedded_record import ServerInfo, embedded_server, start_recorded
 from sync_server.errors import SyncError
 from sync_server.hosts import ANY, invalid_patterns, parse_allowed_hosts
+from sync_server.store.migrate import migrate_url
 from sync_server.tokens import MAX_TOKEN_LIFETIME, mint_access_token
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "sync-server"
-COMMANDS = ("serve", "token", "credentials")
+COMMANDS = ("serve", "token", "credentials", "migrate")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -63,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": serve,
         "token": print_token,
         "credentials": print_credentials,
+        "migrate": run_migration,
     }
     try:
         return handlers[args.command](args)
@@ -98,6 +101,27 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     credentials = commands.add_parser("credentials", help="print the credentials the server accepts")
     credentials.add_argument("--json", action="store_true", help="print JSON instead of SYNC_* assignments")
     _add_data_dir(credentials, env)
+    migrate = commands.add_parser(
+        "migrate", help="re-key a store of the previous layout for this version (idempotent, resumable)"
+    )
+    migrate.add_argument(
+        "--redis-url",
+        type=_redis_url,
+        default=env.get("SYNC_REDIS_URL") or None,
+        help="the store to migrate (env SYNC_REDIS_URL); without one, the embedded Redis of <data-dir>",
+    )
+    migrate.add_argument(
+        "--redis-server",
+        default=env.get("SYNC_REDIS_SERVER") or None,
+        help="the embedded Redis's server binary (as for serve); ignored with --redis-url",
+    )
+    migrate.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="stop after this many documents (run again to go on)",
+    )
+    _add_data_dir(migrate, env)
     return parser
 
 
@@ -216,9 +240,32 @@ def serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             redis = RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS, binary=embedded.path)
             redis_url = stack.push(start_recorded(redis, embedded)).url
+            # The embedded Redis is this server's alone: its data is migrated on the spot.
+            report = asyncio.run(migrate_url(redis_url))
+            if report.migrated:
+                print(f"{PROG}: migrated {report.migrated} documents to the partitioned key layout")
         os.environ.update(_server_env(credentials, redis_url, data_dir, args))
         _run_uvicorn(args)
     return 0
+
+
+def run_migration(args: argparse.Namespace) -> int:
+    """``sync-server migrate``: see store/migrate.py. Exit status 0 when complete, 3 when ``--limit``
+    stopped it early (run it again to go on)."""
+    with contextlib.ExitStack() as stack:
+        redis_url: str | None = args.redis_url
+        if redis_url is None:
+            data_dir: Path = args.data_dir.absolute()
+            embedded = embedded_server(data_dir / "redis", args.redis_server)
+            redis = RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS, binary=embedded.path)
+            redis_url = stack.push(start_recorded(redis, embedded)).url
+        report = asyncio.run(migrate_url(redis_url, args.limit))
+    state = "complete" if report.complete else "stopped by --limit; run it again to go on"
+    print(
+        f"{PROG} migrate: {report.services} services, {report.migrated} documents migrated, "
+        f"{report.skipped} already migrated: {state}"
+    )
+    return 0 if report.complete else 3
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:

@@ -214,14 +214,14 @@ async def test_expiry_removes_once_per_subscriber_on_time_and_cleans_indexes(
             assert -0.1 <= arrived - expires.timestamp() <= 1.0, arrived - expires.timestamp()
     finally:
         await close_all(peers)
-    prefix = keys.service_prefix(service)
-    assert await redis.zscore(prefix + "docs", sid) is None
+    p = keys.sid_partition(sid)
+    assert await redis.zscore(keys.index(p, service), sid) is None
     assert [
         m
-        for m in cast("list[bytes]", await redis.zrange(prefix + "expiry", 0, -1))
-        if m.startswith(sid.encode())
+        for m in cast("list[bytes]", await redis.zrange(keys.expiry(p), 0, -1))
+        if m.startswith(f"{service}:{sid}".encode())
     ] == []
-    assert await redis.hget(prefix + "names", "ephemeral") is None
+    assert await redis.hget(keys.names(p, service), "ephemeral") is None
     assert await redis.exists(keys.document_key(service, sid)) == 0
 
 

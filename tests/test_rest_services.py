@@ -15,7 +15,8 @@ from redis.asyncio.client import PubSub
 
 from sync_server.app import create_app
 from sync_server.config import Settings
-from sync_server.store.redis_store import default_service_sid
+from sync_server.store import keys
+from sync_server.store.redis_store import RedisStore, default_service_sid
 from tests.support.processes import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
 from tests.support.rest import expect_error
 
@@ -177,17 +178,19 @@ async def test_list_pages_in_creation_order(client: httpx.AsyncClient) -> None:
 
 
 async def test_delete_removes_documents_and_tells_subscribers(
-    client: httpx.AsyncClient, service: str, redis: Redis
+    client: httpx.AsyncClient, service: str, redis: Redis, store: RedisStore
 ) -> None:
     docs = [
         (await client.post(f"/v1/Services/{service}/Documents", data={"UniqueName": f"d{i}"})).json()
         for i in range(2)
     ]
-    pubsub = await subscribe(redis, f"sync:{{{service}}}:ch:{docs[0]['sid']}")
+    pubsub = await subscribe(redis, keys.document_channel(service, docs[0]["sid"]))
     try:
         response = await client.delete(f"/v1/Services/{service}")
         assert response.status_code == 204
         assert response.content == b""
+        # The documents go in the sweep's bounded purge steps (the in-process app has no sweeper).
+        await store.sweep_expired()
         event = await next_event(pubsub)
     finally:
         await pubsub.aclose()
@@ -203,7 +206,8 @@ async def test_delete_removes_documents_and_tells_subscribers(
     expect_error(await client.get(f"/v1/Services/{service}/Documents/{docs[1]['sid']}"), 404, 54050)
     expect_error(await client.get(f"/v1/Services/{service}/Documents/d1"), 404, 54050)
     expect_error(await client.delete(f"/v1/Services/{service}"), 404, 54050)
-    assert await redis.keys(f"sync:{{{service}}}:*") == []
+    assert not await store.purging()
+    assert await redis.keys(f"*{service}*") == []
     assert await redis.zscore("sync:{services}:index", service) is None
     listed = (await client.get("/v1/Services", params={"PageSize": 1000})).json()
     assert service not in [s["sid"] for s in listed["services"]]

@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from sync_server.store import keys
 from sync_server.store.redis_store import RedisStore
 from tests.support.processes import TEST_ACCOUNT_SID, ServerProcess
 from tests.support.rest import documents, expect_error
@@ -57,7 +58,7 @@ async def events(pubsub: PubSub, wait: float, until: int | None = None) -> list[
 
 
 async def force_expiry(redis: Redis, service: str, sid: str) -> None:
-    key = f"sync:{{{service}}}:doc:{sid}"
+    key = keys.document_key(service, sid)
     assert await redis.pexpire(key, 1)
     for _ in range(1000):  # gone within a millisecond or two
         if not await redis.exists(key):
@@ -75,7 +76,7 @@ async def test_date_expires_reflects_ttl(client: httpx.AsyncClient, service: str
 async def test_ttl_zero_means_none(client: httpx.AsyncClient, service: str, redis: Redis) -> None:
     body = await create(client, service, Ttl="0")
     assert body["date_expires"] is None
-    assert await redis.ttl(f"sync:{{{service}}}:doc:{body['sid']}") == -1
+    assert await redis.ttl(keys.document_key(service, body["sid"])) == -1
 
 
 async def test_update_keeps_sets_and_clears_the_expiry(
@@ -83,7 +84,7 @@ async def test_update_keeps_sets_and_clears_the_expiry(
 ) -> None:
     body = await create(client, service, UniqueName="t", Ttl="100")
     url = f"{documents(service)}/{body['sid']}"
-    key = f"sync:{{{service}}}:doc:{body['sid']}"
+    key = keys.document_key(service, body["sid"])
     # An update without Ttl keeps the expiry where it was.
     kept = (await client.post(url, data={"Data": '{"a":1}'})).json()
     assert kept["date_expires"] == body["date_expires"]
@@ -98,11 +99,13 @@ async def test_update_keeps_sets_and_clears_the_expiry(
     assert cleared["date_expires"] is None
     assert (await client.get(url)).json()["date_expires"] is None
     assert await redis.ttl(key) == -1
-    assert await redis.zcard(f"sync:{{{service}}}:expiry") == 0
+    expiry = keys.expiry(keys.sid_partition(body["sid"]))
+    assert await redis.zscore(expiry, f"{service}:{body['sid']}:t") is None
     # An expiry can be added to a document created without one.
     added = (await client.post(url, data={"Ttl": "60"})).json()
     assert added["date_expires"] is not None
-    assert await redis.zrange(f"sync:{{{service}}}:expiry", 0, -1) == [f"{body['sid']}:t".encode()]
+    expires = parse_date(added["date_expires"]).timestamp()
+    assert await redis.zscore(expiry, f"{service}:{body['sid']}:t") == expires
 
 
 async def test_expired_document_is_gone_at_once(
@@ -113,7 +116,7 @@ async def test_expired_document_is_gone_at_once(
     await force_expiry(redis, service, doc["sid"])
     # No sweep has run (the in-process app has no sweeper): the index entries are still there,
     # and yet the document is gone for every operation.
-    assert await redis.zscore(f"sync:{{{service}}}:docs", doc["sid"]) is not None
+    assert await redis.zscore(keys.index(keys.sid_partition(doc["sid"]), service), doc["sid"]) is not None
     for ident in (doc["sid"], "brief"):
         url = f"{documents(service)}/{ident}"
         expect_error(await client.get(url), 404, 20404)
@@ -138,7 +141,7 @@ async def test_sweep_leaves_no_index_entry_and_publishes_once(
         data={"Read": "true", "Write": "true", "Manage": "true"},
     )
     reused_later = await create(client, service, UniqueName="unrelated", Ttl="3600")
-    pubsub = await subscribe(redis, f"sync:{{{service}}}:ch:{doc['sid']}")
+    pubsub = await subscribe(redis, keys.document_channel(service, doc["sid"]))
     try:
         await force_expiry(redis, service, doc["sid"])
         # The name is taken over before the sweep: the sweep must not free the new holder's name.
@@ -155,14 +158,18 @@ async def test_sweep_leaves_no_index_entry_and_publishes_once(
     assert received == [
         {"e": "removed", "s": service, "sid": doc["sid"], "n": "swept", "r": None, "why": "expired"}
     ]
-    prefix = f"sync:{{{service}}}:"
-    assert await redis.zscore(prefix + "docs", doc["sid"]) is None
-    assert await redis.hget(prefix + "names", "swept") == taken["sid"].encode()
-    assert await redis.zrange(prefix + "expiry", 0, -1) == [f"{reused_later['sid']}:unrelated".encode()]
-    assert not await redis.exists(prefix + "perm:" + doc["sid"])
+    p = keys.sid_partition(doc["sid"])
+    assert keys.sid_partition(taken["sid"]) == p  # the same name, the same partition
+    assert await redis.zscore(keys.index(p, service), doc["sid"]) is None
+    assert await redis.hget(keys.names(p, service), "swept") == taken["sid"].encode()
+    assert await redis.zscore(keys.expiry(p), f"{service}:{doc['sid']}:swept") is None
+    later = keys.sid_partition(reused_later["sid"])
+    assert await redis.zscore(keys.expiry(later), f"{service}:{reused_later['sid']}:unrelated") is not None
+    assert not await redis.exists(keys.permission_key(service, doc["sid"]))
     # Sweeping again finds nothing more to do.
     await store.sweep_expired()
-    assert await redis.zcard(prefix + "docs") == 2
+    indexed = [await redis.zcard(keys.index(q, service)) for q in range(keys.PARTITIONS)]
+    assert sum(indexed) == 2
 
 
 async def test_sweep_of_a_document_expired_on_time(
@@ -170,11 +177,11 @@ async def test_sweep_of_a_document_expired_on_time(
 ) -> None:
     doc = await create(client, service, UniqueName="due", Ttl="3600", Data='{"x":1}')
     await client.post(f"{documents(service)}/{doc['sid']}", data={"Data": '{"x":2}'})
-    prefix = f"sync:{{{service}}}:"
+    p = keys.sid_partition(doc["sid"])
     # Expiry as the clock would have it: the index time is due and Redis still has the hash (not
     # evicted yet), so the event can carry the last revision.
-    await redis.zadd(prefix + "expiry", {f"{doc['sid']}:due": 1})
-    pubsub = await subscribe(redis, f"{prefix}ch:{doc['sid']}")
+    await redis.zadd(keys.expiry(p), {f"{service}:{doc['sid']}:due": 1})
+    pubsub = await subscribe(redis, keys.document_channel(service, doc["sid"]))
     try:
         await store.sweep_expired()
         received = await events(pubsub, 0.3)
@@ -183,15 +190,15 @@ async def test_sweep_of_a_document_expired_on_time(
     assert received == [
         {"e": "removed", "s": service, "sid": doc["sid"], "n": "due", "r": 1, "why": "expired"}
     ]
-    assert await redis.keys(prefix + "doc:*") == []
-    assert await redis.hlen(prefix + "names") == 0
+    assert not await redis.exists(keys.document_key(service, doc["sid"]))
+    assert await redis.hlen(keys.names(p, service)) == 0
 
 
 async def test_real_expiry_on_the_real_server(server: ServerProcess, redis: Redis) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, auth=server.auth) as http:
         service = (await http.post("/v1/Services")).json()["sid"]
         doc = (await http.post(documents(service), data={"UniqueName": "one-second", "Ttl": "1"})).json()
-        pubsub = await subscribe(redis, f"sync:{{{service}}}:ch:{doc['sid']}")
+        pubsub = await subscribe(redis, keys.document_channel(service, doc["sid"]))
         try:
             # EXPIREAT has whole-second precision: at most one second, plus a 0.2 s sweep interval.
             received = await events(pubsub, 2.5, until=1)
@@ -201,6 +208,7 @@ async def test_real_expiry_on_the_real_server(server: ServerProcess, redis: Redi
         assert [(e["e"], e["why"], e["sid"]) for e in received] == [("removed", "expired", doc["sid"])]
         expect_error(await http.get(f"{documents(service)}/one-second"), 404, 20404)
         assert (await http.get(documents(service))).json()["documents"] == []
-    prefix = f"sync:{{{service}}}:"
-    assert await redis.zcard(prefix + "docs") == await redis.zcard(prefix + "expiry") == 0
-    assert await redis.hlen(prefix + "names") == 0
+    p = keys.sid_partition(doc["sid"])
+    assert await redis.zcard(keys.index(p, service)) == 0
+    assert await redis.zscore(keys.expiry(p), f"{service}:{doc['sid']}:one-second") is None
+    assert await redis.hlen(keys.names(p, service)) == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -43,13 +43,33 @@ async def raw(own_redis: RedisProcess) -> AsyncIterator[Redis]:
     await r.aclose()
 
 
+def names_in(service: str, partition: int, count: int, stem: str) -> list[str]:
+    """Unique names whose documents all live in ``partition``."""
+    found = [f"{stem}{n}" for n in range(100_000) if keys.name_partition(service, f"{stem}{n}") == partition]
+    return found[:count]
+
+
+async def across(raw: Redis, key: Callable[[int], str], method: str = "zrange") -> list[bytes]:
+    """The members of one key per partition, all together, sorted."""
+    found: list[bytes] = []
+    for p in range(keys.PARTITIONS):
+        if method == "zrange":
+            found += await raw.zrange(key(p), 0, -1)
+        else:
+            found += await raw.hkeys(key(p))
+    return sorted(found)
+
+
 async def new_service(store: RedisStore) -> str:
     return (await store.create_service({})).sid
 
 
 async def listen(raw: Redis, service: str) -> Any:
     pubsub = raw.pubsub()
-    await pubsub.psubscribe(keys.document_channel(service, "*"))
+    # Every document channel of every partition (events carry their service: filtered below).
+    await pubsub.psubscribe(
+        keys.document_channel(service, "ET00x")[: -len("ET00x")].replace(keys.TAGS[0], "*") + "*"
+    )
     confirmation = await pubsub.get_message(timeout=2.0)
     assert confirmation is not None and confirmation["type"] == "psubscribe"
     return pubsub
@@ -75,8 +95,8 @@ async def test_many_concurrent_sweepers_publish_each_expiry_once(
         for i in range(10)
     ]
     kept = await own_store.create_document(Principal.system(service), "kept", b"{}", 3600)
-    prefix = keys.service_prefix(service)
-    await raw.zadd(prefix + "expiry", {f"{d.sid}:{d.unique_name}": 1 for d in due})
+    for d in due:
+        await raw.zadd(keys.expiry(keys.sid_partition(d.sid)), {f"{service}:{d.sid}:{d.unique_name}": 1})
     for doc in vanished:
         await raw.pexpire(keys.document_key(service, doc.sid), 1)
     await asyncio.sleep(0.01)
@@ -95,44 +115,47 @@ async def test_many_concurrent_sweepers_publish_each_expiry_once(
     # Revisions: known while the hash was still there, unknown once it had vanished.
     assert {e["r"] for e in received if e["n"].startswith("due")} == {0}
     assert {e["r"] for e in received if e["n"].startswith("gone")} == {None}
-    assert await raw.zrange(prefix + "docs", 0, -1) == [kept.sid.encode()]
-    assert await raw.hkeys(prefix + "names") == [b"kept"]
-    assert await raw.zrange(prefix + "expiry", 0, -1) == [f"{kept.sid}:kept".encode()]
+    assert await across(raw, lambda p: keys.index(p, service)) == [kept.sid.encode()]
+    assert await across(raw, lambda p: keys.names(p, service), "hkeys") == [b"kept"]
+    mine = [m for m in await across(raw, keys.expiry) if m.startswith(service.encode())]
+    assert mine == [f"{service}:{kept.sid}:kept".encode()]
 
 
 async def test_sweep_limit_leaves_the_rest_for_the_next_sweep(own_store: RedisStore, raw: Redis) -> None:
     service = await new_service(own_store)
-    docs = [await own_store.create_document(Principal.system(service), None, b"{}", 3600) for _ in range(5)]
-    prefix = keys.service_prefix(service)
-    await raw.zadd(prefix + "expiry", {f"{d.sid}:": 1 for d in docs})
+    # The limit is per partition: five due documents of one partition.
+    named = names_in(service, 7, 5, "due-")
+    docs = [await own_store.create_document(Principal.system(service), n, b"{}", 3600) for n in named]
+    assert {keys.sid_partition(d.sid) for d in docs} == {7}
+    await raw.zadd(keys.expiry(7), {f"{service}:{d.sid}:{d.unique_name}": 1 for d in docs})
     assert await own_store.sweep_expired(limit=2) == 2
-    assert await raw.zcard(prefix + "docs") == 3
+    assert await raw.zcard(keys.index(7, service)) == 3
     assert await own_store.sweep_expired(limit=2) == 2
     assert await own_store.sweep_expired(limit=2) == 1
     assert await own_store.sweep_expired(limit=2) == 0
-    assert await raw.zcard(prefix + "docs") == 0
+    assert await raw.zcard(keys.index(7, service)) == 0
 
 
 async def test_vanished_document_in_a_large_index_is_found(own_store: RedisStore, raw: Redis) -> None:
     # More entries than one audit samples: the vanished one is found within a few sweeps.
     service = await new_service(own_store)
     docs = [
-        await own_store.create_document(Principal.system(service), None, b"{}", 3600)
-        for _ in range(SWEEP_AUDIT + 50)
+        await own_store.create_document(Principal.system(service), n, b"{}", 3600)
+        for n in names_in(service, 9, SWEEP_AUDIT + 50, "big-")
     ]
     victim = docs[len(docs) // 2]
     await raw.pexpire(keys.document_key(service, victim.sid), 1)
     await asyncio.sleep(0.01)
-    prefix = keys.service_prefix(service)
     sweeps = 0
-    while await raw.zscore(prefix + "docs", victim.sid) is not None:
+    while await raw.zscore(keys.index(9, service), victim.sid) is not None:
         sweeps += 1
         # Each sweep samples SWEEP_AUDIT (10) of the 60 entries, so it misses the victim with odds
         # 5/6: 200 misses in a row have odds below 1e-15 (30, as before, failed one run in ~250).
         assert sweeps <= 200
         await own_store.sweep_expired()
-    assert await raw.zcard(prefix + "docs") == len(docs) - 1
-    assert await raw.zcard(prefix + "expiry") == len(docs) - 1
+    assert await raw.zcard(keys.index(9, service)) == len(docs) - 1
+    mine = [m for m in await raw.zrange(keys.expiry(9), 0, -1) if m.startswith(service.encode())]
+    assert len(mine) == len(docs) - 1
 
 
 async def test_sweep_ignores_documents_without_ttl_and_deleted_services(
@@ -145,6 +168,7 @@ async def test_sweep_ignores_documents_without_ttl_and_deleted_services(
     doomed = await new_service(own_store)
     await own_store.create_document(Principal.system(doomed), "x", b"{}", 3600)
     await own_store.delete_service(doomed)
-    await own_store.sweep_expired()
+    await own_store.sweep_expired()  # purges the deleted service's document
+    assert not await own_store.purging()
     # The sweep must not bring back any key of a deleted service.
-    assert await raw.keys(keys.service_prefix(doomed) + "*") == []
+    assert await raw.keys(f"*{doomed}*") == []

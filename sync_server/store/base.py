@@ -66,15 +66,19 @@ class DocumentStore(Protocol):
     async def list_documents(
         self, service_sid: str, *, after: int | None, before: int | None, size: int
     ) -> Page[Document]:
-        """One page in creation order after (or before) a cursor; O(size) Redis work."""
+        """One page in creation order after (or before) a cursor, merged over the partitions: O(size +
+        partitions) Redis work, whatever the number of documents; a page may hold fewer than
+        ``size`` items while ``more`` is true."""
         ...
 
     async def sweep_expired(self, limit: int = 500) -> int:
         """Removes due documents of every service and publishes their ``removed`` events.
 
         Safe to run from any number of processes at once: each expiry is published exactly once.
-        One round trip per service. A document whose hash vanished before its indexed expiry (an
-        operator's PEXPIRE, volatile-* eviction) is found by a sampled audit of the expiry index.
+        One script per partition, whatever the number of services. A document whose hash vanished
+        before its indexed expiry (an operator's PEXPIRE, volatile-* eviction) is found by a sampled
+        audit of the expiry index. Each sweep also purges a bounded step of deleted services'
+        documents, publishing their ``removed`` events (service_deleted).
         """
         ...
 
@@ -98,7 +102,8 @@ class ServiceStore(Protocol):
         ...
 
     async def delete_service(self, service_sid: str) -> None:
-        """Deletes the service and all its documents, publishing ``removed`` for each."""
+        """Deletes the service: gone for every reader at once; its documents are purged by the
+        following sweeps in bounded steps, which publish ``removed`` for each."""
         ...
 
     async def list_services(self, *, after: int | None, before: int | None, size: int) -> Page[Service]: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
@@ -33,10 +34,11 @@ from sync_server.validation import MAX_DATA_BYTES, check_data_size
 T = TypeVar("T")
 
 DEFAULT_ALIAS = "default"
-SWEEP_CONCURRENCY = 8
-"""Services swept at once (see :meth:`RedisStore.sweep_expired`)."""
+PURGE_STEP = 500
+"""Documents of deleted services that one sweep call purges at most, per partition: bounds how long
+one script holds Redis (see lua/expire_sweep.lua)."""
 SWEEP_AUDIT = 10
-"""Expiry-index entries per service that each sweep samples for a vanished document hash: small,
+"""Expiry-index entries per partition that each sweep samples for a vanished document hash: small,
 because every process sweeps every service several times a second, and the case is rare (an
 operator's EXPIRE, or volatile-* eviction)."""
 STORING_SCRIPTS = frozenset({"doc_create", "doc_write"})
@@ -72,13 +74,27 @@ def default_service_sid(account_sid: str) -> str:
 class RedisStore:
     """Documents, services and permissions on one Redis (see ``keys.py`` for the layout)."""
 
-    def __init__(self, redis: Redis, account_sid: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        """``timeout``: seconds a script may take to answer (see scripts.py)."""
+    def __init__(
+        self,
+        redis: Redis,
+        account_sid: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        cluster: bool = False,
+    ) -> None:
+        """``timeout``: seconds a script may take to answer (see scripts.py); ``cluster``: the Redis
+        is a cluster (one slot per script call, events by SPUBLISH)."""
         self.redis = redis
         self.account_sid = account_sid
         self.default_service_sid = default_service_sid(account_sid)
         self._scripts = ScriptRunner(redis, timeout=timeout)
         self.conditions = ConditionLog()
+        self.cluster = cluster
+        """On a cluster every script call stays in one slot, and events go out with SPUBLISH."""
+        self.publish_command = "SPUBLISH" if cluster else "PUBLISH"
+        """PUBLISH on standalone Redis (the hub SUBSCRIBEs), SPUBLISH on a cluster."""
+        self.purge_step = PURGE_STEP
+        self.last_purged = 0
 
     async def close(self) -> None:
         # Both connections: the scripts run on their own multiplexed one (store/scripts.py).
@@ -149,14 +165,27 @@ class RedisStore:
         condition = condition_of(exc)
         return exc if condition is None else self.conditions.seen(condition)
 
-    async def _run_in_service(self, service_sid: str, name: str, args: list[str | int | bytes]) -> Any:
-        """Runs a script of one service, creating the default service on its first use.
+    async def _run_in_partition(
+        self,
+        service_sid: str,
+        partition: int,
+        name: str,
+        document_sid: str | None,
+        args: list[str | int | bytes],
+    ) -> Any:
+        """Runs a document script of one service in one partition (the keys and ARGV[1..3] of the
+        scripts' header, lua/_prelude.lua), creating the default service on its first use.
 
         The hot path pays nothing for the alias: only a ``nosvc`` reply for the default service's SID
-        (first use ever, or after someone deleted it) costs the extra creation round trip.
+        (first use ever, or after someone deleted it) costs the extra creation round trips.
         """
-        script_keys = [keys.service_key(service_sid)]
-        script_args: list[str | int | bytes] = [keys.service_prefix(service_sid), *args]
+        script_keys = self._partition_keys(partition, service_sid, document_sid)
+        script_args: list[str | int | bytes] = [
+            keys.prefix(partition),
+            service_sid,
+            self.publish_command,
+            *args,
+        ]
         reply = await self._run(name, script_keys, script_args)
         if reply[0] == b"nosvc" and service_sid == self.default_service_sid:
             await self.ensure_default_service()
@@ -165,15 +194,58 @@ class RedisStore:
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
         return reply
 
-    async def _run_as(self, who: Principal, name: str, args: list[str | int | bytes]) -> Any:
-        """Runs a document script as ``who`` (the principal arguments every document script takes
-        first, see lua/_prelude.lua); a refusal by access control raises ``ForbiddenError``."""
-        principal: list[str | int | bytes] = [who.acl_identity, who.identity, who.endpoint_id or ""]
-        reply = await self._run_in_service(who.service_sid, name, principal + args)
-        if reply[0] == b"forbidden":
-            raise errors.ForbiddenError(
-                f"The identity {who.identity!r} has no permission for this on the document"
+    @staticmethod
+    def _partition_keys(partition: int, service_sid: str, document_sid: str | None) -> list[str]:
+        """KEYS of the document scripts: the partition's keys, the document's too when known."""
+        found = [
+            keys.service_copy(partition, service_sid),
+            keys.names(partition, service_sid),
+            keys.index(partition, service_sid),
+            keys.expiry(partition),
+            keys.last_score(partition),
+            keys.alias(partition),
+        ]
+        if document_sid is not None:
+            found += [
+                keys.document_key(service_sid, document_sid),
+                keys.permission_key(service_sid, document_sid),
+            ]
+        return found
+
+    async def _run_on(
+        self,
+        service_sid: str,
+        principal: list[str | int | bytes],
+        name: str,
+        ident: str,
+        args: list[str | int | bytes],
+    ) -> Any:
+        """Runs a document script on the document ``ident`` (a SID or a unique name) in its partition.
+
+        A unique name whose document was migrated from the first layout into another partition has
+        an alias in the name's partition: the reply ``moved`` sends the call there, once.
+        """
+        by_sid = _by_sid(ident)
+        if by_sid == "1":
+            return await self._run_in_partition(
+                service_sid, keys.sid_partition(ident), name, ident, ["0", *principal, ident, by_sid, *args]
             )
+        partition = keys.name_partition(service_sid, ident)
+        reply = await self._run_in_partition(
+            service_sid, partition, name, None, ["1", *principal, ident, by_sid, *args]
+        )
+        if reply[0] == b"moved":
+            reply = await self._run_in_partition(
+                service_sid, int(reply[1]), name, None, ["0", *principal, ident, by_sid, *args]
+            )
+        return reply
+
+    async def _run_as(self, who: Principal, name: str, ident: str, args: list[str | int | bytes]) -> Any:
+        """Runs a document script as ``who`` (the principal arguments every document script takes,
+        see lua/_prelude.lua); a refusal by access control raises ``ForbiddenError``."""
+        reply = await self._run_on(who.service_sid, _principal(who), name, ident, args)
+        if reply[0] == b"forbidden":
+            raise _forbidden(who)
         return reply
 
     # -- documents ---------------------------------------------------------------------------------
@@ -181,14 +253,29 @@ class RedisStore:
     async def create_document(
         self, who: Principal, unique_name: str | None, data: bytes, ttl: int
     ) -> Document:
-        sid = new_sid(DOCUMENT_PREFIX)
-        reply = await self._run_as(who, "doc_create", [sid, unique_name or "", data, ttl])
+        sid = keys.new_document_sid(who.service_sid, unique_name)
+        partition = keys.sid_partition(sid)
+        args: list[str | int | bytes] = ["0", *_principal(who), sid, unique_name or "", data, ttl]
+        reply = await self._run_in_partition(who.service_sid, partition, "doc_create", sid, [*args, ""])
+        if reply[0] == b"aliased" and unique_name:
+            # A document migrated from the first layout may hold the name in another partition.
+            elsewhere = int(reply[1])
+            holder = await self._run_in_partition(
+                who.service_sid, elsewhere, "doc_fetch", None, ["0", "", "", "", unique_name, "0"]
+            )
+            if holder[0] == b"ok":
+                raise errors.UniqueNameConflict(f"Unique name already exists: {unique_name}")
+            reply = await self._run_in_partition(
+                who.service_sid, partition, "doc_create", sid, [*args, str(elsewhere)]
+            )
+        if reply[0] == b"forbidden":
+            raise _forbidden(who)
         if reply[0] == b"dup":
             raise errors.UniqueNameConflict(f"Unique name already exists: {unique_name}")
         return Document.from_reply(who.service_sid, reply[1:])
 
     async def fetch_document(self, who: Principal, ident: str) -> Document:
-        reply = await self._run_as(who, "doc_fetch", [ident, _by_sid(ident)])
+        reply = await self._run_as(who, "doc_fetch", ident, [])
         return self._document(who.service_sid, ident, reply)
 
     async def write_document(
@@ -202,15 +289,13 @@ class RedisStore:
         if_match: str | None = None,
     ) -> Document:
         args: list[str | int | bytes] = [
-            ident,
-            _by_sid(ident),
             b"" if data is None else data,
             mode,
             "" if ttl is None else ttl,
             if_match or "",
             MAX_DATA_BYTES,
         ]
-        reply = await self._run_as(who, "doc_write", args)
+        reply = await self._run_as(who, "doc_write", ident, args)
         status = reply[0]
         if status == b"rev":
             raise errors.RevisionMismatch(
@@ -222,26 +307,114 @@ class RedisStore:
         return self._document(who.service_sid, ident, reply)
 
     async def delete_document(self, who: Principal, ident: str) -> Document:
-        reply = await self._run_as(who, "doc_delete", [ident, _by_sid(ident)])
+        reply = await self._run_as(who, "doc_delete", ident, [])
         return self._document(who.service_sid, ident, reply)
 
     async def list_documents(
         self, service_sid: str, *, after: int | None, before: int | None, size: int
     ) -> Page[Document]:
-        direction, cursor = ("before", before) if before is not None else ("after", after)
-        reply = await self._run_in_service(
-            service_sid, "doc_list", [direction, "" if cursor is None else cursor, size]
+        """One page in creation order: a merge of the service's 64 partition indexes.
+
+        Each partition is asked for its next ``k`` live documents after the cursor (all partitions
+        at once), plus one to tell whether it has more. Only a *certified* prefix of the merge is
+        returned: the items up to the smallest last item among the partitions that had more, since
+        none of those can hide an item before it. One refill round asks those partitions for more if
+        that prefix is shorter than the page. So a page may be shorter than ``size`` (``more`` then
+        still says whether a next one exists), the walk visits every document that exists for its
+        whole duration exactly once, and a page costs O(partitions), not O(documents).
+        Two rounds at most (the documents come with the index entries), each one call per partition
+        on a cluster, one call in all on standalone Redis.
+        """
+        backwards = before is not None
+        direction = "before" if backwards else "after"
+        cursor = before if backwards else after
+        split = None if cursor is None else keys.split_cursor(cursor)
+        k = max(3, -(-2 * size // keys.PARTITIONS) + 2)
+
+        def start_bound(partition: int) -> str:
+            if split is None:
+                return ""
+            score, at = split
+            # Items with the cursor's score lie beyond it only in partitions beyond its own.
+            inclusive = partition < at if backwards else partition > at
+            return str(score) if inclusive else f"({score}"
+
+        listed: dict[int, Document] = {}
+        rows = await self._list_round(
+            service_sid, direction, {p: (start_bound(p), k + 1) for p in range(keys.PARTITIONS)}, listed
         )
-        rows = reply[2:]
-        items: list[Document] = []
-        cursors: list[int] = []
-        for i in range(0, len(rows), 9):
-            items.append(Document.from_reply(service_sid, rows[i : i + 8]))
-            cursors.append(int(rows[i + 8]))
-        if direction == "before":
-            items.reverse()
-            cursors.reverse()
-        return _page(items, cursors, more=reply[1] == 1)
+        seen: dict[int, list[int]] = {p: found[:k] for p, found in rows.items()}
+        full = {p for p, found in rows.items() if len(found) > k}
+        certified = _certified(seen, full, backwards)
+        if len(certified) < size and full:
+            refill = await self._list_round(
+                service_sid,
+                direction,
+                {p: (f"({keys.split_cursor(seen[p][-1])[0]}", 2 * k + 1) for p in full},
+                listed,
+            )
+            for p, found in refill.items():
+                seen[p] += found[: 2 * k]
+                if len(found) <= 2 * k:
+                    full.discard(p)
+            certified = _certified(seen, full, backwards)
+        page = certified[:size]
+        more = len(certified) > size or bool(full)
+        ordered = sorted(page)
+        return Page(
+            items=[listed[c] for c in ordered],
+            more=more,
+            first_cursor=ordered[0] if ordered else None,
+            last_cursor=ordered[-1] if ordered else None,
+        )
+
+    def _groups(self, partitions: list[int]) -> list[list[int]]:
+        """Partitions one multi-partition script call may cover: one each on a cluster (one slot per
+        script), all at once on standalone Redis (one round trip)."""
+        if self.cluster:
+            return [[p] for p in partitions]
+        return [partitions] if partitions else []
+
+    async def _list_round(
+        self,
+        service_sid: str,
+        direction: str,
+        asks: dict[int, tuple[str, int]],
+        listed: dict[int, Document],
+    ) -> dict[int, list[int]]:
+        """Runs doc_list in the partitions of ``asks`` (bound, count): each one's cursors, in walk
+        order; ``listed`` learns each cursor's document."""
+        groups = self._groups(list(asks))
+
+        async def one(group: list[int]) -> Any:
+            script_keys: list[str] = []
+            args: list[str | int | bytes] = ["", service_sid, direction]
+            for p in group:
+                script_keys += [keys.service_copy(p, service_sid), keys.index(p, service_sid)]
+                args += [keys.prefix(p), *asks[p]]
+            return await self._run("doc_list", script_keys, args)
+
+        async def all_of() -> list[Any]:
+            return list(await asyncio.gather(*(one(group) for group in groups)))
+
+        replies = await all_of()
+        if any(reply[0] == b"nosvc" for reply in replies) and service_sid == self.default_service_sid:
+            await self.ensure_default_service()
+            replies = await all_of()
+        if any(reply[0] == b"nosvc" for reply in replies):
+            raise errors.ServiceNotFound(f"Service {service_sid} not found")
+        found: dict[int, list[int]] = {}
+        for group, reply in zip(groups, replies, strict=True):
+            at = 1
+            for partition in group:
+                count = int(reply[at])
+                found[partition] = []
+                for i in range(at + 1, at + 1 + 9 * count, 9):
+                    value = keys.cursor(int(reply[i + 1]), partition)
+                    found[partition].append(value)
+                    listed[value] = Document.from_reply(service_sid, [reply[i], *reply[i + 2 : i + 9]])
+                at += 1 + 9 * count
+        return found
 
     @staticmethod
     def _document(service_sid: str, ident: str, reply: Sequence[Any]) -> Document:
@@ -250,44 +423,44 @@ class RedisStore:
         return Document.from_reply(service_sid, reply[1:])
 
     async def sweep_expired(self, limit: int = 500) -> int:
-        """One sweep of every service (see lua/expire_sweep.lua), ``SWEEP_CONCURRENCY`` at a time.
+        """One sweep of every partition, all at once (see lua/expire_sweep.lua): due documents,
+        the sampled audit, and one bounded purge step (``purge_step``) of deleted services.
 
-        The bound matters: the sweep shares its Redis connections with request handling. On
-        redis-py's pool, whose asyncio flavour raises ``MaxConnectionsError`` rather than waiting,
-        an unbounded gather over more services than the pool holds made concurrent requests fail
-        with 503; on a multiplexed connection it would queue every service's script ahead of them.
+        64 calls whatever the number of services. Returns the number of documents removed (expired
+        or purged); ``last_purged`` keeps the purged ones of this sweep.
         """
-        try:
-            services = cast(
-                "list[bytes]", await self._guard(lambda: self.redis.zrange(keys.SERVICE_INDEX, 0, -1))
+
+        async def one(partition: int) -> Any:
+            return await self._run(
+                "expire_sweep",
+                [keys.expiry(partition), keys.dead(partition)],
+                [keys.prefix(partition), "", self.publish_command, limit, SWEEP_AUDIT, self.purge_step],
             )
-        except errors.UnavailableError:
-            return 0  # Redis down or refusing: the next sweep tries again (conditions are logged)
-        removed = 0
+
+        counts = await asyncio.gather(*(one(p) for p in range(keys.PARTITIONS)), return_exceptions=True)
+        removed = purged = 0
         failure: BaseException | None = None
-        for start in range(0, len(services), SWEEP_CONCURRENCY):
-            batch = services[start : start + SWEEP_CONCURRENCY]
-            counts = await asyncio.gather(
-                *(self._sweep_service(sid.decode(), limit) for sid in batch), return_exceptions=True
-            )
-            for count in counts:
-                if isinstance(count, BaseException):
-                    # One failing service must not stop the others; the first bug is still raised.
-                    if not isinstance(count, errors.UnavailableError):
-                        failure = failure or count
-                else:
-                    removed += count
+        for count in counts:
+            if isinstance(count, BaseException):
+                # One failing partition must not stop the others; a bug is still raised. Redis
+                # down or refusing: the next sweep tries again (conditions are logged).
+                if not isinstance(count, errors.UnavailableError | errors.StoreFull):
+                    failure = failure or count
+            else:
+                removed += int(count[0])
+                purged += int(count[1])
+        self.last_purged = purged
         if failure is not None:
             raise failure
-        return removed
+        return removed + purged
 
-    async def _sweep_service(self, service_sid: str, limit: int) -> int:
-        count: int = await self._run(
-            "expire_sweep",
-            [keys.service_key(service_sid)],
-            [keys.service_prefix(service_sid), limit, SWEEP_AUDIT],
-        )
-        return count
+    async def purging(self) -> bool:
+        """Whether deleted services still have documents waiting for the purge (for tests and ops)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in range(keys.PARTITIONS):
+                pipe.scard(keys.dead(partition))
+            cards = cast("list[int]", await self._guard(pipe.execute))
+        return any(cards)
 
     # -- services ----------------------------------------------------------------------------------
 
@@ -302,16 +475,48 @@ class RedisStore:
         return await self._create_service(new_sid(SERVICE_PREFIX), dict(SERVICE_DEFAULTS, **settings))
 
     async def _create_service(self, sid: str, settings: dict[str, str], ensure: bool = False) -> Service:
-        # Indexed first: a crash in between leaves an index entry without a service, which listing
-        # skips, rather than a service that listing can never reach.
-        await self._run("svc_index_add", [keys.SERVICE_INDEX, keys.SERVICE_SEQ], [sid])
+        """The 64 partition copies first, then the canonical hash, then the index entry: a crash
+        in between leaves nothing a reader reaches half made (a service is found through its
+        canonical hash and listed through the index; copies alone serve no one).
+
+        The default service (``ensure``) may exist already, with its own settings: its canonical
+        hash comes first then, and the copies follow what it holds. Until they exist, its document
+        scripts answer ``nosvc`` and come back here, which is idempotent.
+        """
         args: list[str | int | bytes] = ["1" if ensure else "0"]
         for name, value in settings.items():
             args += [name, value]
-        reply = await self._run("svc_create", [keys.service_key(sid)], args)
-        if reply[0] == b"exists":  # pragma: no cover - a random 128-bit SID collided
-            raise errors.SyncError("Service SID collision, try again")
-        return _service(sid, reply[1:])
+        if ensure:
+            reply = await self._run("svc_create", [keys.service_key(sid)], args)
+            service = _service(sid, reply[1:])
+            await self._put_copies(sid, "1" if service.acl_enabled else "0")
+        else:
+            await self._put_copies(sid, settings.get("acl_enabled", "0"))
+            reply = await self._run("svc_create", [keys.service_key(sid)], args)
+            if reply[0] == b"exists":  # pragma: no cover - a random 128-bit SID collided
+                raise errors.SyncError("Service SID collision, try again")
+            service = _service(sid, reply[1:])
+        await self._run(
+            "svc_index_add", [keys.SERVICE_INDEX, keys.SERVICE_SEQ, keys.LAYOUT], [sid, keys.LAYOUT_VERSION]
+        )
+        return service
+
+    async def _put_copies(self, service_sid: str, acl_enabled: str) -> None:
+        await asyncio.gather(
+            *(
+                self._run(
+                    "svc_part",
+                    [
+                        keys.service_copy(p, service_sid),
+                        keys.index(p, service_sid),
+                        keys.names(p, service_sid),
+                        keys.dead(p),
+                    ],
+                    [keys.prefix(p), service_sid, self.publish_command, "put", acl_enabled],
+                )
+                for p in range(keys.PARTITIONS)
+            )
+        )
 
     async def fetch_service(self, service_sid: str) -> Service:
         flat = cast(
@@ -325,23 +530,45 @@ class RedisStore:
         return _service_from_map(service_sid, flat)
 
     async def update_service(self, service_sid: str, settings: dict[str, str]) -> Service:
+        """The canonical hash, then, when access control changes, each partition's copy (which
+        publishes ``revoked`` for its documents when it turns on: see lua/svc_part.lua)."""
         args: list[str | int | bytes] = []
         for name, value in settings.items():
             args += [name, value]
         if service_sid == self.default_service_sid:
             await self.fetch_service(service_sid)
-        reply = await self._run(
-            "svc_update", [keys.service_key(service_sid)], [keys.service_prefix(service_sid), *args]
-        )
+        reply = await self._run("svc_update", [keys.service_key(service_sid)], args)
         if reply[0] == b"nosvc":
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
-        return _service(service_sid, reply[1:])
+        service = _service(service_sid, reply[1:])
+        if "acl_enabled" in settings:
+            await self._put_copies(service_sid, "1" if service.acl_enabled else "0")
+        return service
 
     async def delete_service(self, service_sid: str) -> None:
-        reply = await self._run(
-            "svc_delete", [keys.service_key(service_sid)], [keys.service_prefix(service_sid)]
-        )
-        if reply[0] == b"nosvc":
+        """Gone for readers at once: the 64 copies are dropped first (every document script then
+        answers ``nosvc``), handing the documents to the sweep's bounded purge, which publishes
+        ``removed`` (service_deleted) for each; then the canonical hash and the index entry."""
+        generation = secrets.token_hex(8)
+
+        async def drop(p: int) -> Any:
+            index, names = keys.graveyard(p, service_sid, generation)
+            return await self._run(
+                "svc_part",
+                [
+                    keys.service_copy(p, service_sid),
+                    keys.index(p, service_sid),
+                    keys.names(p, service_sid),
+                    keys.dead(p),
+                    index,
+                    names,
+                ],
+                [keys.prefix(p), service_sid, self.publish_command, "drop", generation],
+            )
+
+        dropped = await asyncio.gather(*(drop(p) for p in range(keys.PARTITIONS)))
+        deleted = await self._guard(lambda: self.redis.delete(keys.service_key(service_sid)))
+        if not deleted and not any(dropped):
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
         await self._guard(lambda: self.redis.zrem(keys.SERVICE_INDEX, service_sid))
 
@@ -383,9 +610,7 @@ class RedisStore:
     # -- permissions -------------------------------------------------------------------------------
 
     async def _perm(self, service_sid: str, document: str, op: str, identity: str, flags: str) -> Any:
-        reply = await self._run_in_service(
-            service_sid, "perm", [document, _by_sid(document), op, identity, flags]
-        )
+        reply = await self._run_on(service_sid, ["", "", ""], "perm", document, [op, identity, flags])
         if reply[0] == b"nodoc":
             raise errors.DocumentNotFound(f"Document {document} not found")
         if reply[0] == b"noperm":
@@ -438,6 +663,25 @@ def _out_of_memory(memory: dict[str, Any], *, oom_seen: bool) -> bool:
         return False
     # Under an evicting policy Redis makes room itself, unless there is nothing it may evict.
     return memory.get("maxmemory_policy") == "noeviction" or oom_seen
+
+
+def _principal(who: Principal) -> list[str | int | bytes]:
+    return [who.acl_identity, who.identity, who.endpoint_id or ""]
+
+
+def _forbidden(who: Principal) -> errors.ForbiddenError:
+    return errors.ForbiddenError(f"The identity {who.identity!r} has no permission for this on the document")
+
+
+def _certified(seen: dict[int, list[int]], full: set[int], backwards: bool) -> list[int]:
+    """The merged items (cursors, in walk order) that no partition can still precede: those up to
+    the nearest last item among the partitions that have more (``full``); all when none has."""
+    merged = sorted((v for values in seen.values() for v in values), reverse=backwards)
+    if not full:
+        return merged
+    ends = [seen[p][-1] for p in full]
+    limit = max(ends) if backwards else min(ends)
+    return [v for v in merged if (v >= limit if backwards else v <= limit)]
 
 
 def _by_sid(ident: str) -> str:

@@ -1,48 +1,87 @@
 -- Shared helpers, prepended to every script of this folder when it is loaded (store/scripts.py).
 --
--- Key layout (see store/keys.py, which owns every name): all keys of one service share the hash tag
--- {IS…}, and ARGV[1] of every script is that service's key prefix "sync:{IS…}:". Keys derived from the
--- prefix at run time therefore live in the same cluster slot as the declared KEYS[1].
+-- Key layout (see store/keys.py, which owns every name): a service's documents are spread over 64
+-- partitions, each with its own hash tag {T}; every script runs in ONE partition, and every key it
+-- touches carries that partition's tag, so on a Redis Cluster a script touches a single slot.
+--
+-- The document scripts (doc_create, doc_fetch, doc_write, doc_delete, perm) share one header:
+-- KEYS[1]  the partition's copy of the service   sync:{T}:s:S   (exists while the service does)
+-- KEYS[2]  the service's names hash here         sync:{T}:n:S
+-- KEYS[3]  the service's listing index here      sync:{T}:i:S
+-- KEYS[4]  the partition's expiry index          sync:{T}:x
+-- KEYS[5]  the partition's last creation score   sync:{T}:q
+-- KEYS[6]  the partition's alias hash            sync:{T}:alias
+-- KEYS[7]  the document hash                     sync:{T}:d:S:D   (by SID only)
+-- KEYS[8]  the document's permissions            sync:{T}:p:S:D   (by SID only)
+-- ARGV[1]  the partition's key prefix            sync:{T}:
+-- ARGV[2]  the service SID
+-- ARGV[3]  the publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[4]  '1' to answer {'moved', partition} for a name that an alias sends elsewhere, '0' not to
+-- ARGV[5]  the identity access control restricts, '' for a system principal (never restricted)
+-- ARGV[6]  the identity that acts (written into created_by and into events)
+-- ARGV[7]  its connection (endpoint) id, '' for REST
+-- The one exception to "every key in KEYS": addressed by unique name, the document's SID is only
+-- known once the names hash is read, so its hash and permission keys are derived here from
+-- ARGV[1] (the same tag, hence the same slot as KEYS[1]); by SID they are KEYS[7] and KEYS[8],
+-- which are the very same names.
 --
 -- Document hash fields: n unique name ('' when none), d data (compact JSON, opaque: never decoded
 -- here, because cjson turns [] into {} and mangles big integers), r revision (integer), c created,
--- u updated, x expires (unix seconds, 0 = never), b created_by, q creation sequence number.
---
--- The principal: the document scripts (doc_create, doc_fetch, doc_write, doc_delete) take who is
--- asking as ARGV[2..4]: ARGV[2] the identity to check the document's permissions for ('' for a
--- system principal, which access control never restricts), ARGV[3] the identity that acts (written
--- into created_by and into events), ARGV[4] its connection (endpoint) id, '' for REST.
+-- u updated, x expires (unix seconds, 0 = never), b created_by, q creation score (µs, see below).
+
+local PREFIX, PUBLISH = ARGV[1], ARGV[3]
 
 local function now_seconds()
   local t = redis.call('TIME')
   return tonumber(t[1])
 end
 
-local function service_of(prefix)
-  return string.match(prefix, '{(.-)}')
+-- Numbers above 1e14 must be written with %d: Lua turns a number into text with %.14g.
+local function int_text(n)
+  return string.format('%d', n)
 end
 
-local function doc_key(prefix, sid)
-  return prefix .. 'doc:' .. sid
+local function doc_key(svc, sid)
+  return PREFIX .. 'd:' .. svc .. ':' .. sid
 end
 
--- Returns the SID of a live document addressed by SID or unique name, or nil.
+local function perm_key(svc, sid)
+  return PREFIX .. 'p:' .. svc .. ':' .. sid
+end
+
+local function channel(sid)
+  return PREFIX .. 'c:' .. sid
+end
+
+-- Member of the expiry index: service, SID, unique name, so the sweeper knows the document's keys
+-- and can free the name even after Redis has evicted the document hash itself.
+local function expiry_member(svc, sid, name)
+  return svc .. ':' .. sid .. ':' .. name
+end
+
+-- SIDs are 34 characters: "IS…:ET…:name".
+local function split_member(member)
+  return string.sub(member, 1, 34), string.sub(member, 36, 69), string.sub(member, 71)
+end
+
+-- Resolves a document addressed by SID or unique name in this partition.
+-- Returns sid (nil when no live document) and, for a name an alias sends elsewhere, the partition.
 -- Redis hides a key whose TTL has passed even before it evicts it, so an expired document is
 -- never found here, whatever the sweeper has or has not cleaned yet.
-local function resolve(prefix, ident, by_sid)
+local function resolve(svc, names, aliases, ident, by_sid, follow)
   local sid = ident
   if by_sid ~= '1' then
-    sid = redis.call('HGET', prefix .. 'names', ident)
-    if not sid then return nil end
+    sid = redis.call('HGET', names, ident)
+    if not sid then
+      if follow == '1' then
+        local elsewhere = redis.call('HGET', aliases, svc .. ':' .. ident)
+        if elsewhere then return nil, tonumber(elsewhere) end
+      end
+      return nil
+    end
   end
-  if redis.call('EXISTS', doc_key(prefix, sid)) == 0 then return nil end
+  if redis.call('EXISTS', doc_key(svc, sid)) == 0 then return nil end
   return sid
-end
-
--- Member of the expiry index: the SID, then the unique name, so the sweeper can free the name even
--- after Redis has evicted the document hash itself.
-local function expiry_member(sid, name)
-  return sid .. ':' .. name
 end
 
 local function json_string_or_null(s)
@@ -51,12 +90,12 @@ local function json_string_or_null(s)
 end
 
 -- Removes every index entry of a document (the hash itself may already be gone).
-local function purge(prefix, sid, name)
-  redis.call('DEL', doc_key(prefix, sid), prefix .. 'perm:' .. sid)
-  redis.call('ZREM', prefix .. 'docs', sid)
-  redis.call('ZREM', prefix .. 'expiry', expiry_member(sid, name))
-  if name ~= '' and redis.call('HGET', prefix .. 'names', name) == sid then
-    redis.call('HDEL', prefix .. 'names', name)
+local function purge(svc, names, index, expiry, sid, name)
+  redis.call('DEL', doc_key(svc, sid), perm_key(svc, sid))
+  redis.call('ZREM', index, sid)
+  redis.call('ZREM', expiry, expiry_member(svc, sid, name))
+  if name ~= '' and redis.call('HGET', names, name) == sid then
+    redis.call('HDEL', names, name)
   end
 end
 
@@ -67,10 +106,10 @@ local READ, WRITE, MANAGE = 1, 2, 3
 -- A system principal ('') and any principal of a service without access control always may. With
 -- access control on, a missing document is refused like a missing permission, so a client learns
 -- nothing about documents it may not read.
-local function allowed(svc_key, prefix, sid, identity, right)
-  if identity == '' or redis.call('HGET', svc_key, 'acl_enabled') ~= '1' then return true end
+local function allowed(svc_copy, svc, sid, identity, right)
+  if identity == '' or redis.call('HGET', svc_copy, 'acl_enabled') ~= '1' then return true end
   if not sid then return false end
-  local flags = redis.call('HGET', prefix .. 'perm:' .. sid, identity)
+  local flags = redis.call('HGET', perm_key(svc, sid), identity)
   return flags and string.sub(flags, right, right) == '1'
 end
 
@@ -82,18 +121,18 @@ local function origin(writer, endpoint)
   return text
 end
 
-local function publish_removed(prefix, sid, name, revision, reason, writer, endpoint)
-  local event = '{"e":"removed","s":"' .. service_of(prefix) .. '","sid":"' .. sid .. '","n":'
+local function publish_removed(svc, sid, name, revision, reason, writer, endpoint)
+  local event = '{"e":"removed","s":"' .. svc .. '","sid":"' .. sid .. '","n":'
     .. json_string_or_null(name) .. ',"r":' .. (revision or 'null') .. ',"why":"' .. reason .. '"'
     .. origin(writer, endpoint) .. '}'
-  redis.call('PUBLISH', prefix .. 'ch:' .. sid, event)
+  redis.call(PUBLISH, channel(sid), event)
 end
 
 -- A control event: subscribers that are restricted by access control lose their subscription to
 -- `sid` if they are `identity` (one identity's read right went away), or, with identity nil (access
 -- control was just enabled), unless they are one of `readers`. Published on the document's own
 -- channel, so every subscriber sees it before any write that follows the change.
-local function publish_revoked(prefix, sid, identity, readers)
+local function publish_revoked(svc, sid, identity, readers)
   local tail
   if identity then
     tail = ',"i":' .. cjson.encode(identity)
@@ -102,17 +141,17 @@ local function publish_revoked(prefix, sid, identity, readers)
     for n, reader in ipairs(readers) do quoted[n] = cjson.encode(reader) end
     tail = ',"i":null,"keep":[' .. table.concat(quoted, ',') .. ']'
   end
-  redis.call('PUBLISH', prefix .. 'ch:' .. sid,
-    '{"e":"revoked","s":"' .. service_of(prefix) .. '","sid":"' .. sid .. '"' .. tail .. '}')
+  redis.call(PUBLISH, channel(sid),
+    '{"e":"revoked","s":"' .. svc .. '","sid":"' .. sid .. '"' .. tail .. '}')
 end
 
 -- An 'updated' event is a JSON header line, a newline, then the data exactly as stored: readers
 -- slice the data off without parsing it (cjson escapes newlines, so the header has none).
-local function publish_updated(prefix, sid, f, writer, endpoint)
-  local event = '{"e":"updated","s":"' .. service_of(prefix) .. '","sid":"' .. sid .. '","n":'
+local function publish_updated(svc, sid, f, writer, endpoint)
+  local event = '{"e":"updated","s":"' .. svc .. '","sid":"' .. sid .. '","n":'
     .. json_string_or_null(f.n) .. ',"r":' .. f.r .. ',"c":' .. f.c .. ',"u":' .. f.u
     .. ',"x":' .. f.x .. ',"b":' .. cjson.encode(f.b) .. origin(writer, endpoint) .. '}\n' .. f.d
-  redis.call('PUBLISH', prefix .. 'ch:' .. sid, event)
+  redis.call(PUBLISH, channel(sid), event)
 end
 
 local DOC_FIELDS = {'n', 'd', 'r', 'c', 'u', 'x', 'b'}
@@ -122,28 +161,39 @@ local function doc_reply(status, sid, f)
   return {status, sid, f.n, f.d, f.r, f.c, f.u, f.x, f.b}
 end
 
-local function read_doc(prefix, sid)
-  local v = redis.call('HMGET', doc_key(prefix, sid), unpack(DOC_FIELDS))
+local function read_doc(svc, sid)
+  local v = redis.call('HMGET', doc_key(svc, sid), unpack(DOC_FIELDS))
   return {n = v[1], d = v[2], r = tonumber(v[3]), c = v[4], u = v[5], x = tonumber(v[6]), b = v[7]}
 end
 
 -- Applies a TTL argument to a document: '' keeps the current expiry, '0' removes it, n > 0 sets
 -- it to now + n. Keeps the expiry index in step with the key's own TTL.
-local function apply_ttl(prefix, sid, name, ttl_arg, now, f)
+local function apply_ttl(svc, expiry, sid, name, ttl_arg, now, f)
   if ttl_arg == '' then return end
   local ttl = tonumber(ttl_arg)
-  local key = doc_key(prefix, sid)
-  local member = expiry_member(sid, name)
+  local key = doc_key(svc, sid)
+  local member = expiry_member(svc, sid, name)
   if ttl == 0 then f.x = 0 else f.x = now + ttl end
   -- HSET first: out of memory, Redis refuses a script's first memory-growing write only while
   -- the script has written nothing; PERSIST or EXPIREAT first would let the whole change through.
   redis.call('HSET', key, 'x', f.x)
   if ttl == 0 then
     redis.call('PERSIST', key)
-    redis.call('ZREM', prefix .. 'expiry', member)
+    redis.call('ZREM', expiry, member)
   else
     redis.call('EXPIREAT', key, f.x)
-    redis.call('ZADD', prefix .. 'expiry', f.x, member)
+    redis.call('ZADD', expiry, f.x, member)
   end
 end
 
+-- Creation scores: microseconds of the server clock, strictly increasing within the partition
+-- even if the clock steps back (the partition's last score is kept in `last_key`). Below 2^53, so
+-- exact as a double and as a sorted-set score.
+local function next_score(last_key)
+  local t = redis.call('TIME')
+  local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', last_key) or '0')
+  if score <= last then score = last + 1 end
+  redis.call('SET', last_key, int_text(score))
+  return score
+end

@@ -1,43 +1,51 @@
--- Reads one page of a service's documents in creation order.
--- KEYS[1]  the service hash                 sync:{IS…}:svc
--- ARGV[1]  the service's key prefix         sync:{IS…}:
--- ARGV[2]  'after' for the documents created after the cursor, 'before' for those created before it
--- ARGV[3]  the cursor: a creation sequence number, or '' for the first page
--- ARGV[4]  the page size
--- Returns  {'ok', more, then per document: sid, n, d, r, c, u, x, b, q} | {'nosvc'}
---          more is 1 when at least one more live document lies beyond the page in that direction.
--- Documents are read in creation-sequence order from the 'docs' index, so a walk that follows the
--- cursor sees every document that existed for the whole walk exactly once. The work is
--- O(page size) plus the expired entries the sweeper has not removed yet, which are skipped.
-local prefix, direction, cursor, size = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'nosvc'} end
-local index = prefix .. 'docs'
-local out = {'ok', 0}
-local found = 0
-local bound = cursor == '' and (direction == 'after' and '-inf' or '+inf') or '(' .. cursor
-while found <= size do
-  local want = size + 1 - found
-  local batch
-  if direction == 'after' then
-    batch = redis.call('ZRANGEBYSCORE', index, bound, '+inf', 'WITHSCORES', 'LIMIT', 0, want)
-  else
-    batch = redis.call('ZREVRANGEBYSCORE', index, bound, '-inf', 'WITHSCORES', 'LIMIT', 0, want)
-  end
-  if #batch == 0 then break end
-  for i = 1, #batch, 2 do
-    local sid = batch[i]
-    bound = '(' .. batch[i + 1]
-    local f = read_doc(prefix, sid)
-    if f.r then
-      found = found + 1
-      if found > size then
-        out[2] = 1
-        break
+-- Reads the next live documents of one service in one or more partitions, in creation order, for
+-- the store's merge over all partitions (RedisStore.list_documents). On a cluster the store passes
+-- one partition per call (one slot); on standalone Redis all of them in one call.
+-- KEYS[2i-1]  partition i's copy of the service   sync:{T}:s:S
+-- KEYS[2i]    the service's listing index there   sync:{T}:i:S
+-- ARGV[1]  unused ('')
+-- ARGV[2]  the service SID
+-- ARGV[3]  'after' for the documents created after the bound, 'before' for those created before it
+-- ARGV[3i+1], ARGV[3i+2], ARGV[3i+3]  partition i's key prefix (sync:{T}:), its bound (a score,
+--          '(' and a score to exclude it, or '' for the start) and how many to return at most
+-- Returns  {'ok', then per partition: count, then per document: sid, score, n, d, r, c, u, x, b}
+--          | {'nosvc'}
+-- The documents come with their index entries, so that a page costs one round (two with the
+-- store's refill) rather than one more to fetch them; the store asks at most a few per partition.
+-- Entries whose document hash is gone (expired, not swept yet) are skipped; the document keys are
+-- derived from the partition's prefix (its own tag: see the prelude). The work is O(count) plus
+-- the skipped entries, per partition.
+local svc, direction = ARGV[2], ARGV[3]
+local out = {'ok'}
+for part = 1, #KEYS / 2 do
+  local copy, index = KEYS[2 * part - 1], KEYS[2 * part]
+  local prefix, bound, count = ARGV[3 * part + 1], ARGV[3 * part + 2], tonumber(ARGV[3 * part + 3])
+  if redis.call('EXISTS', copy) == 0 then return {'nosvc'} end
+  if bound == '' then bound = direction == 'after' and '-inf' or '+inf' end
+  local at = #out + 1
+  out[at] = 0
+  local found = 0
+  while found < count do
+    local batch
+    if direction == 'after' then
+      batch = redis.call('ZRANGEBYSCORE', index, bound, '+inf', 'WITHSCORES', 'LIMIT', 0, count - found)
+    else
+      batch = redis.call('ZREVRANGEBYSCORE', index, bound, '-inf', 'WITHSCORES', 'LIMIT', 0, count - found)
+    end
+    if #batch == 0 then break end
+    for i = 1, #batch, 2 do
+      -- Scores are whole numbers below 2^53: tonumber and %d are exact.
+      local score = int_text(tonumber(batch[i + 1]))
+      bound = '(' .. score
+      local v = redis.call('HMGET', prefix .. 'd:' .. svc .. ':' .. batch[i], unpack(DOC_FIELDS))
+      if v[3] then
+        found = found + 1
+        local base = #out
+        out[base + 1], out[base + 2] = batch[i], score
+        for j = 1, 7 do out[base + 2 + j] = v[j] end
       end
-      local base = #out
-      out[base + 1], out[base + 2], out[base + 3], out[base + 4], out[base + 5] = sid, f.n, f.d, f.r, f.c
-      out[base + 6], out[base + 7], out[base + 8], out[base + 9] = f.u, f.x, f.b, batch[i + 1]
     end
   end
+  out[at] = found
 end
 return out

@@ -2,19 +2,15 @@
 -- revision check. The permission check, the revision check, the bump, the write and the PUBLISH are
 -- one atomic step, so events leave in revision order, no event is ever sent for a write that did
 -- not happen, and a permission change cannot race a write through.
--- KEYS[1]  the service hash                 sync:{IS…}:svc
--- ARGV[1]  the service's key prefix         sync:{IS…}:
--- ARGV[2]  the identity access control restricts, '' for a system principal (see the prelude)
--- ARGV[3]  the writer's identity (into the event)
--- ARGV[4]  the writer's connection id, '' for REST (into the event)
--- ARGV[5]  the document's SID or unique name
--- ARGV[6]  '1' when ARGV[5] is a SID, '0' when it is a unique name
--- ARGV[7]  data: a compact JSON object, or '' to keep the current data
--- ARGV[8]  'set' to replace the data, 'merge' to merge ARGV[7]'s top-level members into it
--- ARGV[9]  ttl: '' keeps the current expiry, '0' removes it, n > 0 expires n seconds from now
--- ARGV[10] expected revision (lowercase hex), '' for an unconditional write
--- ARGV[11] the largest data allowed, in bytes (checked here only for merges)
--- Returns  {'ok', sid, n, d, r, c, u, x, b} | {'nosvc'} | {'nodoc'} | {'forbidden'}
+-- KEYS, ARGV[1..7]  the document scripts' header (see the prelude)
+-- ARGV[8]  the document's SID or unique name
+-- ARGV[9]  '1' when ARGV[8] is a SID, '0' when it is a unique name
+-- ARGV[10] data: a compact JSON object, or '' to keep the current data
+-- ARGV[11] 'set' to replace the data, 'merge' to merge ARGV[10]'s top-level members into it
+-- ARGV[12] ttl: '' keeps the current expiry, '0' removes it, n > 0 expires n seconds from now
+-- ARGV[13] expected revision (lowercase hex), '' for an unconditional write
+-- ARGV[14] the largest data allowed, in bytes (checked here only for merges)
+-- Returns  {'ok', sid, n, d, r, c, u, x, b} | {'nosvc'} | {'nodoc'} | {'forbidden'} | {'moved', p}
 --          | {'rev', current revision} | {'big', merged size}
 -- Publishes an 'updated' event with the new document on the document's channel, except for a
 -- TTL-only write (no data): that changes neither the data nor the revision, so it is no update a
@@ -79,29 +75,30 @@ local function merge_objects(base, patch)
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
-local prefix, data, mode, ttl, if_match = ARGV[1], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local svc, data, mode, ttl, if_match = ARGV[2], ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'nosvc'} end
-local sid = resolve(prefix, ARGV[5], ARGV[6])
-if not allowed(KEYS[1], prefix, sid, ARGV[2], WRITE) then return {'forbidden'} end
+local sid, moved = resolve(svc, KEYS[2], KEYS[6], ARGV[8], ARGV[9], ARGV[4])
+if moved then return {'moved', moved} end
+if not allowed(KEYS[1], svc, sid, ARGV[5], WRITE) then return {'forbidden'} end
 if not sid then return {'nodoc'} end
-local key = doc_key(prefix, sid)
-local f = read_doc(prefix, sid)
+local key = doc_key(svc, sid)
+local f = read_doc(svc, sid)
 if if_match ~= '' and if_match ~= string.format('%x', f.r) then
   return {'rev', string.format('%x', f.r)}
 end
 local now = now_seconds()
 if data == '' then
-  apply_ttl(prefix, sid, f.n, ttl, now, f)
+  apply_ttl(svc, KEYS[4], sid, f.n, ttl, now, f)
   return doc_reply('ok', sid, f)
 end
 if mode == 'merge' then
   data = merge_objects(f.d, data)
-  if #data > tonumber(ARGV[11]) then return {'big', #data} end
+  if #data > tonumber(ARGV[14]) then return {'big', #data} end
 end
 f.d = data
 f.r = f.r + 1
 f.u = now
 redis.call('HSET', key, 'd', f.d, 'r', f.r, 'u', now)
-apply_ttl(prefix, sid, f.n, ttl, now, f)
-publish_updated(prefix, sid, f, ARGV[3], ARGV[4])
+apply_ttl(svc, KEYS[4], sid, f.n, ttl, now, f)
+publish_updated(svc, sid, f, ARGV[6], ARGV[7])
 return doc_reply('ok', sid, f)

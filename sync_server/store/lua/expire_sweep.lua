@@ -1,29 +1,34 @@
--- Removes the documents of one service whose expiry has passed, and tells their subscribers.
--- Every server process runs this a few times a second; being one atomic script that publishes only
--- for the index entries it removed itself, each expiry yields exactly one 'removed' event however
--- many processes sweep.
--- KEYS[1]  the service hash                 sync:{IS…}:svc
--- ARGV[1]  the service's key prefix         sync:{IS…}:
--- ARGV[2]  the most due documents to remove in one call
--- ARGV[3]  how many entries of the expiry index to audit in one call (see below)
--- Returns  the number of documents removed.
-local prefix, limit, audit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
--- A deleted service's documents were published by svc_delete; there is nothing left to sweep.
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local index = prefix .. 'expiry'
-local removed = 0
+-- One sweep of one partition, for every service at once: removes the documents whose expiry has
+-- passed and tells their subscribers, audits a sample of the expiry index, and purges one bounded
+-- step of the documents of deleted services.
+-- Every server process runs this for every partition a few times a second; being one atomic script
+-- that publishes only for the index entries it removed itself, each expiry yields exactly one
+-- 'removed' event however many processes sweep, and so does each purged document.
+-- KEYS[1]  the partition's expiry index          sync:{T}:x
+-- KEYS[2]  the partition's deleted services      sync:{T}:dead
+-- ARGV[1]  the partition's key prefix            sync:{T}:
+-- ARGV[2]  unused ('')
+-- ARGV[3]  the publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[4]  the most due documents to remove in one call
+-- ARGV[5]  how many entries of the expiry index to audit in one call (see below)
+-- ARGV[6]  the most documents of deleted services to purge in one call
+-- Returns  {number of expired documents removed, number of deleted services' documents purged}
+-- Keys derived here from ARGV[1] (a document's hash, permissions, names hash and index, read from
+-- an expiry entry "S:D:name"; a deleted service's renamed index and names hash, read from "S:G" in
+-- KEYS[2]) carry the partition's own tag, so they share the slot of KEYS[1] (see the prelude).
+local limit, audit, step = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local removed, purged = 0, 0
 
 local function remove(member)
-  -- SIDs are 34 characters; the unique name follows the ':' after them.
-  local sid, name = string.sub(member, 1, 34), string.sub(member, 36)
+  local svc, sid, name = split_member(member)
   -- Redis may or may not have evicted the hash yet; either way the document is gone for readers.
-  local revision = redis.call('HGET', doc_key(prefix, sid), 'r')
-  purge(prefix, sid, name)
-  publish_removed(prefix, sid, name, revision, 'expired')
+  local revision = redis.call('HGET', doc_key(svc, sid), 'r')
+  purge(svc, PREFIX .. 'n:' .. svc, PREFIX .. 'i:' .. svc, KEYS[1], sid, name)
+  publish_removed(svc, sid, name, revision, 'expired')
   removed = removed + 1
 end
 
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now_seconds(), 'LIMIT', 0, limit)) do
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_seconds(), 'LIMIT', 0, limit)) do
   remove(member)
 end
 
@@ -34,7 +39,34 @@ end
 -- checked whole every time, a larger one entry by entry within about size/sample calls, with no
 -- state to keep. (Documents without a TTL have no Redis expiry and cannot vanish this way; under
 -- an allkeys-* eviction policy any key, index included, can, which this server does not support.)
-for _, member in ipairs(redis.call('ZRANDMEMBER', index, audit)) do
-  if redis.call('EXISTS', doc_key(prefix, string.sub(member, 1, 34))) == 0 then remove(member) end
+for _, member in ipairs(redis.call('ZRANDMEMBER', KEYS[1], audit)) do
+  local svc, sid = split_member(member)
+  if redis.call('EXISTS', doc_key(svc, sid)) == 0 then remove(member) end
 end
-return removed
+
+-- The purge of deleted services: their keys here were renamed away when they were deleted (so a
+-- service created again under the same SID, the default one, starts empty), and at most `step`
+-- of their documents are removed per call, so that no call blocks Redis for long.
+while purged < step do
+  local entry = redis.call('SRANDMEMBER', KEYS[2])
+  if not entry then break end
+  local svc, generation = string.sub(entry, 1, 34), string.sub(entry, 36)
+  local base = PREFIX .. 'g:' .. svc .. ':' .. generation .. ':'
+  local sids = redis.call('ZRANGE', base .. 'i', 0, step - purged - 1)
+  for _, sid in ipairs(sids) do
+    local f = read_doc(svc, sid)
+    -- A document that expired meanwhile is the expiry pass's: it publishes its one 'removed'.
+    if f.r then
+      redis.call('DEL', doc_key(svc, sid), perm_key(svc, sid))
+      redis.call('ZREM', KEYS[1], expiry_member(svc, sid, f.n))
+      publish_removed(svc, sid, f.n, f.r, 'service_deleted')
+    end
+    redis.call('ZREM', base .. 'i', sid)
+    purged = purged + 1
+  end
+  if redis.call('EXISTS', base .. 'i') == 0 then
+    redis.call('DEL', base .. 'n')
+    redis.call('SREM', KEYS[2], entry)
+  end
+end
+return {removed, purged}
