@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Refuses to serve a store of the previous key layout (`sync-server migrate` re-keys it).
+        await store.detect_cluster()
         await check_layout(store)
         await hub.start()
         sweeper = asyncio.create_task(_sweep_forever(store, settings.expiry_interval))

@@ -167,12 +167,13 @@ async def test_a_killed_master_is_failed_over_and_writes_succeed_again(
     cluster = healthy_cluster
     store = RedisStore(Redis.from_url(cluster.url), TEST_ACCOUNT_SID)
     try:
+        assert await store.detect_cluster()
         service = await store.create_service({})
         who = Principal.system(service.sid)
-        await store.create_document(who, "hot", b'{"n":0}', 0)
+        hot = await store.create_document(who, "hot", b'{"n":0}', 0)
         for n in range(1, 4):
             await store.write_document(who, "hot", data=b'{"n":%d}' % n)
-        victim = cluster.master_of_key(keys.service_key(service.sid))
+        victim = cluster.master_of_key(keys.document_key(service.sid, hot.sid))
         (replica,) = cluster.replicas_of(victim)
         assert victim.command("WAIT", 1, 2000) == 1  # the replica has every write: none is lost
         sha = store._scripts._scripts["doc_write"].sha
@@ -194,7 +195,7 @@ async def test_a_killed_master_is_failed_over_and_writes_succeed_again(
         assert (written.revision, written.data) == (4, b'{"n":4}')
         # The promoted replica answered NOSCRIPT, and the caller's EVAL cached the script there.
         assert replica.command("SCRIPT", "EXISTS", sha) == [1]
-        assert cluster.master_of_key(keys.service_key(service.sid)) is replica
+        assert cluster.master_of_key(keys.document_key(service.sid, hot.sid)) is replica
         router = store._scripts.connection
         assert isinstance(router, ClusterRouter)
         # The router waited the failover out itself (cannot connect, then the new map): those writes were

@@ -96,6 +96,20 @@ class RedisStore:
         self.purge_step = PURGE_STEP
         self.last_purged = 0
 
+    async def detect_cluster(self) -> bool:
+        """Connects the scripts and, if Redis is a cluster, switches to the cluster's ways (one slot
+        per call, SPUBLISH). Called once at start; a Redis down then is detected on first use."""
+        from sync_server.store.cluster_client import ClusterRouter
+
+        try:
+            await self._scripts.command("sync:{services}:layout", "EXISTS", "sync:{services}:layout")
+        except (RedisError, OSError):  # unreachable or refusing: the first use decides
+            return self.cluster
+        if isinstance(self._scripts.connection, ClusterRouter) and not self.cluster:
+            self.cluster = True
+            self.publish_command = "SPUBLISH"
+        return self.cluster
+
     async def close(self) -> None:
         # Both connections: the scripts run on their own multiplexed one (store/scripts.py).
         await self._scripts.aclose()
