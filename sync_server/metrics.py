@@ -135,7 +135,7 @@ _http_children: dict[tuple[str, str, int], tuple[Value, Timing]] = {}
 
 def count_request(method: str, route: str | None, status: int | None, started: float) -> None:
     """One answered HTTP request (``status`` None: the client left before the answer, not counted)."""
-    if status is None:
+    if status is None or not ENABLED:
         return
     key = (route or UNMATCHED, method if method in _METHODS else "other", status)
     children = _http_children.get(key)
