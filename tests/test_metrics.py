@@ -22,7 +22,13 @@ from sync_server.app import create_app
 from sync_server.config import Settings
 from sync_server.embedded import RedisProcess
 from sync_server.tokens import mint_access_token
-from tests.support.processes import TEST_ACCOUNT_SID, TEST_API_KEY_SECRET, TEST_API_KEY_SID, ServerProcess
+from tests.support.processes import (
+    TEST_ACCOUNT_SID,
+    TEST_API_KEY_SECRET,
+    TEST_API_KEY_SID,
+    ServerProcess,
+    start_redis,
+)
 from tests.support.realtime import (
     BASIC,
     WAIT,
@@ -66,8 +72,16 @@ def new_service(server: ServerProcess, *, acl: bool = False) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(redis_proc: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("metrics"), redis_url=redis_proc.url).start()
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    # Of this module alone: other servers on the session's Redis would sweep its expired documents.
+    proc = start_redis(tmp_path_factory.mktemp("metrics-redis"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(own_redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("metrics"), redis_url=own_redis.url).start()
     yield proc
     proc.kill()
 
