@@ -157,7 +157,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
                 auth.check(request.headers.get("authorization", "").encode("latin-1") or None)
             except errors.AuthenticationError as exc:
                 return error_response(exc)
-        body, content_type = metrics.exposition()
+        body, content_type = metrics.exposition(request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
 
     @contextlib.asynccontextmanager

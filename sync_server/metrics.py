@@ -25,16 +25,8 @@ import time
 from collections.abc import Iterable
 from typing import Final, Protocol
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
 
 from sync_server import errors
 
@@ -295,14 +287,16 @@ DOCUMENTS_EXPIRED: Final[Value] = _counter(
 # -- exposition ----------------------------------------------------------------------------------------
 
 
-def exposition() -> tuple[bytes, str]:
+def exposition(accept: str) -> tuple[bytes, str]:
     """The scrape body and its content type: this process's metrics, or with several workers
-    (multiprocess mode) those of every worker of this run, merged."""
+    (multiprocess mode) those of every worker of this run, merged. The format is the one the
+    scraper's ``Accept`` asks for (OpenMetrics, or Prometheus text 0.0.4 or 1.0.0; 0.0.4 by default)."""
+    encode, content_type = choose_encoder(accept)
     if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return encode(registry), content_type
+    return encode(REGISTRY), content_type
 
 
 def process_exit() -> None:

@@ -48,7 +48,7 @@ def scrape(server: ServerProcess, *, auth: tuple[str, str] | None = None) -> Sam
     # A new connection each time: with several workers, any of them may answer.
     response = httpx.get(f"{server.base_url}/metrics", auth=auth, headers={"Connection": "close"})
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     samples: Samples = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
@@ -337,3 +337,11 @@ async def test_expiry_sweeps_are_timed_and_counted(server: ServerProcess, http: 
     after = scrape(server)
     assert moved(before, after, "sync_expiry_sweep_duration_seconds_count") > 0
     assert moved(before, after, "sync_document_writes_total", kind="create", result="ok") == 2
+
+
+def test_openmetrics_when_the_scraper_asks(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.base_url}/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert response.text.endswith("# EOF\n")
+    assert "sync_document_writes_total" in response.text

@@ -784,8 +784,12 @@ def _metrics_path() -> dict[str, Any]:
                 "security": [{}, {BASIC: []}],
                 "responses": {
                     "200": {
-                        "description": "The metrics, merged over the server's workers.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "description": "The metrics, merged over the server's workers, in the format "
+                        "`Accept` asks for: Prometheus text (0.0.4 by default) or OpenMetrics.",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
                     },
                     "401": _ref("responses", "Unauthorized"),
                     "414": _ref("responses", "RequestTargetTooLarge"),
