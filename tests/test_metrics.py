@@ -198,8 +198,27 @@ async def test_acl_refusals_and_token_refusals_are_counted(
     assert moved(before, after, "sync_token_refusals_total", code="20101") == 1
 
 
+def metrics_dirs(server: ServerProcess) -> set[str]:
+    """The ``PROMETHEUS_MULTIPROC_DIR`` of each of the server's worker processes."""
+    assert server.pid is not None
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    found = set()
+    for child in children:
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        found |= {v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")}
+    return found
+
+
+def exists(directory: str) -> bool:
+    return Path(directory).is_dir()
+
+
 async def test_two_workers_scrape_as_one_server(redis_proc: RedisProcess, tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, redis_url=redis_proc.url, workers=2) as server:
+    server = ServerProcess(tmp_path, redis_url=redis_proc.url, workers=2)
+    with server:
+        # One directory for the run, made by the CLI for its workers, removed when it stops.
+        (directory,) = metrics_dirs(server)
+        assert exists(directory)
         service = new_service(server)
         async with httpx.AsyncClient(auth=BASIC, timeout=WAIT) as http:
             created = await http.post(documents_url(server, service), data={"UniqueName": "shared"})
@@ -245,6 +264,7 @@ async def test_two_workers_scrape_as_one_server(redis_proc: RedisProcess, tmp_pa
                 )
                 == 20
             )
+    assert not exists(directory)
 
 
 @pytest.mark.parametrize(
