@@ -43,6 +43,9 @@ CREDENTIALS = {
 # The fleet's writer sends hundreds of commands per second on one connection; the default per-connection
 # limit (200/s) is a protection for real deployments, not something a benchmark should measure.
 SERVER_TUNING = {"SYNC_MAX_COMMANDS_PER_SECOND": "1000000"}
+# SYNC_METRICS=off on the bench's own command line reaches the servers (counting off, to compare).
+if "SYNC_METRICS" in os.environ:
+    SERVER_TUNING["SYNC_METRICS"] = os.environ["SYNC_METRICS"]
 
 
 FLEET_IDENTITY = "bench-fleet"

@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sync_server import errors, logs, redaction
+from sync_server import errors, logs, metrics, redaction
 from sync_server.config import Settings
 from sync_server.documents import DocumentService
 from sync_server.gateway.auth import SocketAuthenticator
@@ -103,7 +103,9 @@ class SyncApp:
                 await refuse(scope, receive, send_with_id)
         finally:
             # Also after a bug, which Starlette has answered with a 500 before re-raising it.
-            logs.log_access(scope, request_id, _route_template(scope), status, started)
+            route = _route_template(scope)
+            logs.log_access(scope, request_id, route, status, started)
+            metrics.count_request(scope["method"], route, status, started)
 
 
 def _route_template(scope: Scope) -> str | None:
@@ -151,6 +153,17 @@ def create_app(settings: Settings | None = None) -> SyncApp:
             return json_response({"status": "ok"})
         return json_response({"status": health.status, "detail": health.detail}, 503)
 
+    metrics_need_credentials = settings.metrics_need_credentials
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if metrics_need_credentials:
+            try:
+                auth.check(request.headers.get("authorization", "").encode("latin-1") or None)
+            except errors.AuthenticationError as exc:
+                return error_response(exc)
+        body, content_type = metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Refuses to serve a store of the previous key layout (`sync-server migrate` re-keys it).
@@ -166,6 +179,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await store.close()
+            metrics.process_exit()
 
     static_dir = Path(__file__).parent / "static"
 
@@ -184,7 +198,8 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
-            Route("/openapi.json", openapi.endpoint(settings.limits.max_body_bytes)),
+            Route("/openapi.json", openapi.endpoint(settings.limits.max_body_bytes, metrics=metrics.ENABLED)),
+            *([Route("/metrics", metrics_endpoint)] if metrics.ENABLED else []),
             WebSocketRoute("/ws", native),
             # The official Twilio Sync JS SDK (Twilsock V3.0).
             WebSocketRoute("/v3/wsconnect", twilsock),
@@ -210,8 +225,10 @@ async def _sweep_forever(store: RedisStore, interval: float) -> None:
     # A failure tends to repeat on every sweep, five times a second: log it once per interval.
     throttle = WarningThrottle()
     while True:
+        started = time.perf_counter()
         try:
-            await store.sweep_expired()
+            metrics.DOCUMENTS_EXPIRED.inc(await store.sweep_expired())
+            metrics.SWEEP_DURATION.observe(time.perf_counter() - started)
         except errors.SyncError as exc:
             throttle.warn("store", "expiry sweep failed: %s", exc.message, exc_info=False)
         except Exception:

@@ -24,12 +24,13 @@ import shlex
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, cast
 
-from sync_server.config import DEFAULT_DATA_DIR, Limits, Settings
+from sync_server.config import DEFAULT_DATA_DIR, METRICS_AUTH_VALUES, Limits, Settings
 from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsError, resolve_credentials
 from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
 from sync_server.embedded_record import ServerInfo, embedded_server, start_recorded
@@ -50,6 +51,9 @@ LOG_FORMATS = ("text", "json")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 APP_FACTORY = "sync_server.app:create_app"
 DEMO_TOKEN_TTL = 3600
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess mode (the name metrics.py reads; not imported here, so that
+the supervisor never loads prometheus-client before the variable is set)."""
 """Seconds the token of the banner's demo link is valid."""
 
 
@@ -160,6 +164,14 @@ def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         "--workers", type=_positive_int, default=env.get("SYNC_WORKERS") or "1", help="(env SYNC_WORKERS)"
     )
     serve.add_argument(
+        "--metrics-auth",
+        type=str.lower,
+        choices=METRICS_AUTH_VALUES,
+        default=env.get("SYNC_METRICS_AUTH") or "auto",
+        help="whether /metrics needs the account's credentials: auto (when listening beyond loopback), "
+        "always or never (env SYNC_METRICS_AUTH, default: %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.lower,
         choices=LOG_LEVELS,
@@ -245,6 +257,12 @@ def serve(args: argparse.Namespace) -> int:
             if report.migrated:
                 print(f"{PROG}: migrated {report.migrated} documents to the partitioned key layout")
         os.environ.update(_server_env(credentials, redis_url, data_dir, args))
+        if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+            # Before the workers start: each keeps its metrics in files there, and a scrape of any
+            # merges them all (metrics.py). Per run, so nothing of an earlier run is counted again.
+            metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sync-metrics-"))
+            os.environ[MULTIPROC_ENV] = metrics_dir
+            stack.callback(os.environ.pop, MULTIPROC_ENV, None)
         _run_uvicorn(args)
     return 0
 
@@ -381,6 +399,7 @@ def _server_env(
         "SYNC_AUTH_TOKEN": credentials.auth_token,
         "SYNC_API_KEY_SID": credentials.api_key_sid,
         "SYNC_API_KEY_SECRET": credentials.api_key_secret,
+        "SYNC_METRICS_AUTH": str(args.metrics_auth),
     }
     if args.public_url:
         env["SYNC_PUBLIC_URL"] = str(args.public_url)

@@ -6,14 +6,19 @@ re-imports the app in each one) builds the same :class:`Settings` from its envir
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sync_server.hosts import ANY, default_allowed_hosts, parse_allowed_hosts
 
 DEFAULT_DATA_DIR = ".sync-data"
+
+MetricsAuth = Literal["auto", "always", "never"]
+METRICS_AUTH_VALUES: tuple[MetricsAuth, ...] = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,17 @@ class Settings:
     allowed_hosts: tuple[str, ...] = (ANY,)
     """Host header patterns answered (see hosts.py). :meth:`from_env` defaults to the listening
     address and localhost; settings built in code (tests, embedding) allow any Host unless told."""
+    metrics_auth: MetricsAuth = "auto"
+    """Whether ``/metrics`` needs the account's Basic credentials (``SYNC_METRICS_AUTH``): ``auto``
+    when the server listens beyond loopback (:attr:`host`), ``always`` or ``never``."""
+    host: str = "127.0.0.1"
+    """The listening address (``SYNC_HOST``, set by the CLI)."""
+
+    @property
+    def metrics_need_credentials(self) -> bool:
+        if self.metrics_auth == "auto":
+            return not is_loopback(self.host)
+        return self.metrics_auth == "always"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,4 +120,24 @@ class Settings:
             limits=limits,
             redis_timeout=float(env.get("SYNC_REDIS_TIMEOUT", "5")) or None,
             allowed_hosts=allowed_hosts,
+            metrics_auth=_metrics_auth(env.get("SYNC_METRICS_AUTH") or "auto"),
+            host=env.get("SYNC_HOST") or "127.0.0.1",
         )
+
+
+def _metrics_auth(text: str) -> MetricsAuth:
+    value = text.strip().lower()
+    if value not in METRICS_AUTH_VALUES:
+        raise ValueError(f"SYNC_METRICS_AUTH must be one of {', '.join(METRICS_AUTH_VALUES)}, not {text!r}")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is loopback only, without resolving names (``0.0.0.0``, ``::``
+    and any name but ``localhost`` are not: they may be reached from elsewhere)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

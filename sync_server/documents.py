@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sync_server import errors
+from sync_server import errors, metrics
 from sync_server.principal import Principal
 from sync_server.store.base import Store
 from sync_server.store.models import Document, Page, Permission, Service
@@ -96,13 +96,31 @@ class DocumentService:
                 if mode == "open_existing" or name is None:
                     raise
         try:
-            return await self.create(who, unique_name=name, data=data, ttl=ttl), True
-        except errors.UniqueNameConflict:
+            created = await self._create(who, unique_name=name, data=data, ttl=ttl)
+        except errors.UniqueNameConflict as exc:
             if mode == "create_new" or name is None:
+                metrics.write_failed("create", exc)
                 raise
+            # Someone else created it first: an open after all, not a failed write.
             return await self._store.fetch_document(who, name), False
+        except BaseException as exc:
+            metrics.write_failed("create", exc)
+            raise
+        metrics.WRITES["create"]["ok"].inc()
+        return created, True
 
     async def create(
+        self, who: Principal, *, unique_name: str | None, data: Data | None, ttl: int | None
+    ) -> Document:
+        try:
+            created = await self._create(who, unique_name=unique_name, data=data, ttl=ttl)
+        except BaseException as exc:
+            metrics.write_failed("create", exc)
+            raise
+        metrics.WRITES["create"]["ok"].inc()
+        return created
+
+    async def _create(
         self, who: Principal, *, unique_name: str | None, data: Data | None, ttl: int | None
     ) -> Document:
         if unique_name is not None:
@@ -130,21 +148,35 @@ class DocumentService:
         A TTL-only write (``data`` None) changes the expiry alone: the revision stays and no
         ``updated`` event is sent.
         """
-        if data is None and ttl is None:
-            raise errors.ValidationError("Either Data or Ttl must be provided")
-        revision = None if if_match is None else normalize_revision(if_match)
-        return await self._store.write_document(
-            who,
-            ident,
-            data=None if data is None else _encode(data),
-            mode="merge" if merge else "set",
-            ttl=None if ttl is None else check_ttl(ttl),
-            if_match=revision,
-        )
+        # Counted here, once for every adapter (metrics.py): replacing, merging, or the TTL alone.
+        kind = "set_ttl" if data is None else "update" if merge else "set"
+        try:
+            if data is None and ttl is None:
+                raise errors.ValidationError("Either Data or Ttl must be provided")
+            revision = None if if_match is None else normalize_revision(if_match)
+            written = await self._store.write_document(
+                who,
+                ident,
+                data=None if data is None else _encode(data),
+                mode="merge" if merge else "set",
+                ttl=None if ttl is None else check_ttl(ttl),
+                if_match=revision,
+            )
+        except BaseException as exc:
+            metrics.write_failed(kind, exc)
+            raise
+        metrics.WRITES[kind]["ok"].inc()
+        return written
 
     async def remove(self, who: Principal, ident: str) -> Document:
         """Deletes the document; returns it as it was."""
-        return await self._store.delete_document(who, ident)
+        try:
+            removed = await self._store.delete_document(who, ident)
+        except BaseException as exc:
+            metrics.write_failed("remove", exc)
+            raise
+        metrics.WRITES["remove"]["ok"].inc()
+        return removed
 
     async def list_documents(
         self, who: Principal, *, after: int | None, before: int | None, size: int

@@ -39,7 +39,7 @@ from typing import Any, Protocol, cast
 import hiredis
 from redis.asyncio import Redis
 
-from sync_server import errors
+from sync_server import errors, metrics
 from sync_server.events import DocumentEvent, decode_event
 from sync_server.store import keys
 from sync_server.store.multiplex import CONNECT_TIMEOUT, pack_command, params_from_pool, ssl_context
@@ -262,6 +262,7 @@ class Hub:
                 await connecting
         connection, self._connection = self._connection, None
         channels, self._channels = self._channels, {}
+        metrics.HUB_CHANNELS.set(0)
         for entry in channels.values():
             _fail(entry.confirmed, "The server is shutting down")
         if connection is not None and connection.transport is not None:
@@ -288,6 +289,7 @@ class Hub:
                 entry = _Channel(asyncio.get_running_loop().create_future())
                 connection.subscribe(key, entry.confirmed)
                 self._channels[key] = entry
+                metrics.HUB_CHANNELS.set(len(self._channels))
         entry.subscribers.add(subscriber)
         if not entry.confirmed.done():
             await self._wait_confirmed(key, entry, subscriber)
@@ -331,6 +333,7 @@ class Hub:
         if self._channels.get(key) is not entry:
             return
         del self._channels[key]
+        metrics.HUB_CHANNELS.set(len(self._channels))
         _fail(entry.confirmed, reason)
         if self._connection is not None:
             # Also after a SUBSCRIBE that timed out: if its confirmation comes after all, Redis
@@ -352,6 +355,7 @@ class Hub:
                 subscriber.on_event(event)
             except Exception:
                 log.exception("subscriber failed on an event")
+        metrics.flush_deliveries()  # one inc(n) per protocol for this event (metrics.py)
 
     # -- the connection ---------------------------------------------------------------------------
 
@@ -404,6 +408,7 @@ class Hub:
             raise errors.UnavailableError(UNAVAILABLE)
         connection.start_heartbeat(self._heartbeat_interval)
         self._connection = connection
+        metrics.HUB_CONNECTS.inc()
         log.info("Redis pub/sub connected")
         return connection
 
@@ -413,6 +418,8 @@ class Hub:
             return  # a connection that never became the hub's, or one stop() closed
         self._connection = None
         channels, self._channels = self._channels, {}
+        metrics.HUB_CHANNELS.set(0)
+        metrics.HUB_RESETS.inc()
         subscribers: set[Subscriber] = set()
         for entry in channels.values():
             _fail(entry.confirmed, "The Redis pub/sub connection was lost")

@@ -219,8 +219,8 @@ async def test_the_description_has_exactly_the_routes_the_server_serves(
                 public.add((path, method.upper()))
     routed = {(pattern, method) for pattern, methods in ROUTES.items() for method in methods}
     assert described == routed
-    assert public == {("/healthz", "GET"), ("/openapi.json", "GET")}
-    # ...and those two are the app's own plain HTTP routes (HEAD comes with GET).
+    assert public == {("/healthz", "GET"), ("/openapi.json", "GET"), ("/metrics", "GET")}
+    # ...and those are the app's own plain HTTP routes (HEAD comes with GET).
     app = create_app(settings)
     await app.state.store.close()
     served = {
@@ -232,6 +232,7 @@ async def test_the_description_has_exactly_the_routes_the_server_serves(
     assert {(p, m) for p, m in served if p not in BROWSER_PAGES} == public | {
         ("/healthz", "HEAD"),
         ("/openapi.json", "HEAD"),
+        ("/metrics", "HEAD"),
     }
 
 
@@ -239,6 +240,16 @@ async def test_a_session_through_every_route_validates(session: Session, setting
     s = session
     await s.call("GET", "/openapi.json", 200, auth=None)
     await s.call("GET", "/healthz", 200, auth=None)
+    # /metrics: public on loopback (this app's setting), and on an app that requires credentials
+    # (SYNC_METRICS_AUTH=always, or auto beyond loopback) 401 without them.
+    await s.call("GET", "/metrics", 200, auth=None)
+    guarded = create_app(replace(settings, metrics_auth="always"))
+    transport = httpx.ASGITransport(app=guarded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        guarded_session = Session(http, s.spec, s.api, s.seen)
+        await guarded_session.call("GET", "/metrics", 401, 20003)
+        await guarded_session.call("GET", "/metrics", 200, auth=s.http.auth)
+    await guarded.state.store.close()
 
     # -- services
     created = await s.call(

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Scope
 
-from sync_server import errors
+from sync_server import errors, metrics
 from sync_server.documents import DocumentService
 from sync_server.principal import SYSTEM_IDENTITY, Principal
 from sync_server.rest.auth import BasicAuth
@@ -64,6 +64,10 @@ class SocketAuthenticator:
         return Authenticated(Principal.system(service_sid, identity), None)
 
     def verify_token(self, token: str) -> Authenticated:
-        grant = self._verifier.verify(token)
+        try:
+            grant = self._verifier.verify(token)
+        except errors.SyncError as exc:
+            metrics.token_refused(exc.code)
+            raise
         service_sid = self._documents.service_sid(grant.service_sid)
         return Authenticated(Principal.client(grant.identity, service_sid), grant)

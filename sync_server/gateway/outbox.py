@@ -20,6 +20,7 @@ from typing import Protocol
 from starlette.websockets import WebSocket
 
 from protocol import CloseCode
+from sync_server import metrics
 from sync_server.gateway.frames import OutFrame
 from sync_server.gateway.uvicorn_ws import DIRECT_EXTENSION, DirectWebSocketProtocol
 
@@ -73,6 +74,8 @@ class DirectOutbox:
     def close(self, code: int, reason: str = "") -> None:
         if not self._closed:
             self._closed = True
+            if code == CloseCode.TOO_SLOW:
+                metrics.SLOW_CLOSES.inc()
             self._proto.close_now(code, reason)
 
     async def aclose(self) -> None:
@@ -110,6 +113,8 @@ class QueuedOutbox:
         if self._closed:
             return
         self._closed = True
+        if code == CloseCode.TOO_SLOW:
+            metrics.SLOW_CLOSES.inc()
         self._queue.clear()
         self._close_code = code
         self._wake.set()

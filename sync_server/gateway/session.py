@@ -24,7 +24,7 @@ from typing import ClassVar
 from starlette.websockets import WebSocket
 
 from protocol import CloseCode, RateLimiter
-from sync_server import errors
+from sync_server import errors, metrics
 from sync_server.documents import Document
 from sync_server.events import DocumentEvent
 from sync_server.gateway.auth import Authenticated
@@ -69,6 +69,8 @@ class Session:
         # Far over the command rate, the connection is closed (4429). It counts requests, not
         # frames: one Twilsock frame may carry a batch of subscriptions.
         self._hard_limiter = RateLimiter(rate, burst=rate)
+        # Deliveries are tallied in a plain integer and counted once per event (metrics.py).
+        self._tally = metrics.tally(self.protocol_name)
 
     # -- what each protocol supplies ----------------------------------------------------------------
 
@@ -131,6 +133,8 @@ class Session:
     # -- the loop -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        open_now = metrics.connections_open(self.protocol_name)
+        open_now.inc()
         self.on_started()
         try:
             while not self.outbox.closed:
@@ -156,6 +160,7 @@ class Session:
             if self._subscriptions is not None:
                 await self._subscriptions.close()
             await self.outbox.aclose()
+            open_now.dec()
 
     def allow_requests(self, count: int = 1) -> bool:
         """Counts ``count`` requests; far over the limit the connection is closed (4429)."""
@@ -204,6 +209,7 @@ class Session:
             raise failure[0]
 
     def _deliver(self, event: DocumentEvent) -> None:
+        self._tally.count += 1
         self.outbox.send(event.frame(self.protocol_name, self.build_event_frame))
 
     def _too_slow(self) -> None:

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sync_server import errors
+from sync_server import errors, metrics
 from sync_server.documents import Document, DocumentService
 from sync_server.events import DocumentEvent
 from sync_server.hub import Hub
@@ -84,6 +84,7 @@ class Subscriptions:
 
     def on_hub_reset(self) -> None:
         # Events may have been lost: the connection must end so the client resubscribes.
+        metrics.SUBSCRIPTIONS_OPEN.dec(len(self._by_sid))
         self._by_sid.clear()
         self._on_overflow()
 
@@ -106,7 +107,8 @@ class Subscriptions:
 
     def _end(self, sub: _Subscription) -> None:
         # The hub drops us lazily (see _release): this runs inside its dispatch.
-        self._by_sid.pop(sub.sid, None)
+        if self._by_sid.pop(sub.sid, None) is not None:
+            metrics.SUBSCRIPTIONS_OPEN.dec()
         self._release(sub)
 
     def _release(self, sub: _Subscription) -> None:
@@ -142,11 +144,13 @@ class Subscriptions:
         channel = self._hub.document_channel(self._principal.service_sid, sid)
         sub = _Subscription(sid, None, channel)
         self._by_sid[sid] = sub
+        metrics.SUBSCRIPTIONS_OPEN.inc()
         try:
             await self._hub.subscribe(channel, self)
             snapshot = await self._documents.fetch(self._principal, sid)
         except BaseException:
-            self._by_sid.pop(sid, None)
+            if self._by_sid.pop(sid, None) is not None:
+                metrics.SUBSCRIPTIONS_OPEN.dec()
             await self._hub.unsubscribe(channel, self)
             raise
         sub.unique_name = snapshot.unique_name
@@ -163,6 +167,7 @@ class Subscriptions:
             if self._by_sid.get(sid) is not sub:
                 break
             self._filter(sub, event)
+        metrics.flush_deliveries()
 
     async def unsubscribe(self, ident: str) -> bool:
         """Ends a subscription by SID or unique name; False if there was none."""
@@ -170,6 +175,7 @@ class Subscriptions:
         if sub is None:
             return False
         del self._by_sid[sub.sid]
+        metrics.SUBSCRIPTIONS_OPEN.dec()
         await self._hub.unsubscribe(sub.channel, self)
         return True
 
@@ -184,5 +190,6 @@ class Subscriptions:
     async def close(self) -> None:
         subs = list(self._by_sid.values())
         self._by_sid.clear()
+        metrics.SUBSCRIPTIONS_OPEN.dec(len(subs))
         for sub in subs:
             await self._hub.unsubscribe(sub.channel, self)

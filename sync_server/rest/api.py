@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from sync_server import errors
+from sync_server import errors, metrics
 from sync_server.documents import DocumentService
 from sync_server.logs import REQUEST_ID_HEADER, current_request_id, log_access, new_request_id
 from sync_server.principal import SYSTEM_IDENTITY
@@ -123,6 +123,7 @@ class RestApi:
         response.raw_headers.append((REQUEST_ID_HEADER, request_id.encode()))
         await response(scope, receive, send)
         log_access(scope, request_id, route, response.status_code, started, identity)
+        metrics.count_request(scope["method"], route, response.status_code, started)
 
     async def _handle(self, request: Request, pattern: Pattern, params: list[str]) -> Response:
         methods = ROUTES[pattern]

@@ -770,6 +770,36 @@ def _permissions_paths() -> dict[str, Any]:
     }
 
 
+def _metrics_path() -> dict[str, Any]:
+    return {
+        "/metrics": {
+            "get": {
+                "operationId": "FetchMetrics",
+                "tags": ["Operations"],
+                "summary": "Prometheus metrics of this server (all its workers)",
+                "description": "Prometheus text exposition format. Needs the account's Basic credentials "
+                "when `SYNC_METRICS_AUTH` says so: `auto` (the default) when the server listens beyond "
+                "loopback, `always`, or `never`. Absent (404) with `SYNC_METRICS=off`.",
+                # Optional: which of the two holds is the server's setting.
+                "security": [{}, {BASIC: []}],
+                "responses": {
+                    "200": {
+                        "description": "The metrics, merged over the server's workers, in the format "
+                        "`Accept` asks for: Prometheus text (0.0.4 by default) or OpenMetrics.",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "401": _ref("responses", "Unauthorized"),
+                    "414": _ref("responses", "RequestTargetTooLarge"),
+                    "431": _ref("responses", "RequestHeadTooLarge"),
+                },
+            },
+        },
+    }
+
+
 def _public_paths() -> dict[str, Any]:
     head = {
         "414": _ref("responses", "RequestTargetTooLarge"),
@@ -818,7 +848,8 @@ A self-hostable server compatible with Twilio Sync's REST API v1 for Services, D
 Permissions: Twilio's paths, PascalCase form fields, snake_case JSON fields, dates, paging and error codes.
 
 - Authenticate with HTTP Basic: `AccountSid:AuthToken`, or `ApiKeySid:ApiKeySecret`. Every `/v1` request \
-is authenticated before its path is looked at (401 / 20003). `/healthz` and `/openapi.json` are public.
+is authenticated before its path is looked at (401 / 20003). `/healthz` and `/openapi.json` are public; \
+`/metrics` is when `SYNC_METRICS_AUTH` allows.
 - Request bodies are `{FORM}` only; a non-empty body of another type is 415 / 20001.
 - Errors are `{{code, message, more_info, status}}`. A missing document is 20404 on REST. Decisions where \
 Twilio's behaviour could not be verified: data over {MAX_DATA_BYTES} bytes is 413 / 54006; a malformed \
@@ -839,8 +870,9 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def build(max_body_bytes: int) -> dict[str, Any]:
-    """The OpenAPI document, for a server whose REST bodies are limited to ``max_body_bytes``."""
+def build(max_body_bytes: int, *, metrics: bool = True) -> dict[str, Any]:
+    """The OpenAPI document, for a server whose REST bodies are limited to ``max_body_bytes`` (and
+    that serves ``/metrics`` unless ``metrics`` is false)."""
     document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -857,7 +889,13 @@ def build(max_body_bytes: int) -> dict[str, Any]:
             {"name": "SyncV1DocumentPermission"},
             {"name": "Operations", "description": "Unauthenticated endpoints for operators."},
         ],
-        "paths": {**_services_paths(), **_documents_paths(), **_permissions_paths(), **_public_paths()},
+        "paths": {
+            **_services_paths(),
+            **_documents_paths(),
+            **_permissions_paths(),
+            **_public_paths(),
+            **(_metrics_path() if metrics else {}),
+        },
         "components": {
             "securitySchemes": {
                 BASIC: {
@@ -893,10 +931,10 @@ def build(max_body_bytes: int) -> dict[str, Any]:
     return _with_request_ids(document)
 
 
-def endpoint(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(max_body_bytes: int, *, metrics: bool = True) -> Callable[[Request], Awaitable[Response]]:
     """The ``GET /openapi.json`` endpoint: the document serialized once, served without credentials
     (it holds no data)."""
-    body = orjson.dumps(build(max_body_bytes))
+    body = orjson.dumps(build(max_body_bytes, metrics=metrics))
 
     async def openapi_json(request: Request) -> Response:
         return Response(body, media_type=JSON)

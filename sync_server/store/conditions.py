@@ -35,8 +35,9 @@ from redis.exceptions import (
     RedisError,
     TryAgainError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sync_server import errors
+from sync_server import errors, metrics
 
 log = logging.getLogger("sync_server.store")
 
@@ -121,6 +122,7 @@ class ConditionLog:
     def seen(self, condition: Condition) -> errors.SyncError:
         """Records one reply with ``condition``, warns (throttled), returns the error for the client."""
         self._seen[condition.word] = self._clock()
+        metrics.REDIS_ERRORS["full" if condition.word == "OOM" else "unavailable"].inc()
         self._throttle.warn(
             condition.word, "%s: answering %s", condition.detail, _answer(condition), exc_info=False
         )
@@ -145,6 +147,13 @@ class ConditionLog:
         and when it stored something (``wrote``), all of them are."""
         for word in [w for w in self._seen if wrote or CONDITIONS[w].blocks_reads]:
             del self._seen[word]
+
+
+def unreachable(exc: BaseException) -> errors.UnavailableError:
+    """The client error for a Redis that did not answer (``timeout``) or cannot be reached, counted."""
+    timed_out = isinstance(exc, RedisTimeoutError | TimeoutError)
+    metrics.REDIS_ERRORS["timeout" if timed_out else "unavailable"].inc()
+    return errors.UnavailableError("The data store is unavailable, try again")
 
 
 def _answer(condition: Condition) -> str:

@@ -25,7 +25,7 @@ from sync_server.ids import DOCUMENT_PREFIX, SERVICE_PREFIX, is_sid, new_sid
 from sync_server.principal import Principal
 from sync_server.store import keys
 from sync_server.store.base import WriteMode
-from sync_server.store.conditions import CONDITIONS, ConditionLog, condition_of
+from sync_server.store.conditions import CONDITIONS, ConditionLog, condition_of, unreachable
 from sync_server.store.models import Document, Page, Permission, Service
 from sync_server.store.multiplex import DEFAULT_TIMEOUT
 from sync_server.store.scripts import ScriptRunner
@@ -167,7 +167,7 @@ class RedisStore:
         try:
             reply = await self._scripts.run(name, keys_, args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.UnavailableError("The data store is unavailable, try again") from exc
+            raise unreachable(exc) from exc
         except ResponseError as exc:
             raise self._refusal(exc) from None
         if self.conditions.active:
@@ -665,10 +665,10 @@ class RedisStore:
             if condition is not None:
                 raise self.conditions.seen(condition) from None
             if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-                raise errors.UnavailableError("The data store is unavailable, try again") from exc
+                raise unreachable(exc) from exc
             raise
         except OSError as exc:
-            raise errors.UnavailableError("The data store is unavailable, try again") from exc
+            raise unreachable(exc) from exc
 
 
 def _out_of_memory(memory: dict[str, Any], *, oom_seen: bool) -> bool:
