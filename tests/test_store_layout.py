@@ -5,7 +5,7 @@ and purged in bounded steps."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -14,7 +14,7 @@ from sync_server import errors
 from sync_server.principal import Principal
 from sync_server.store import keys
 from sync_server.store.redis_store import RedisStore
-from tests.support.processes import TEST_ACCOUNT_SID, RedisProcess
+from tests.support.processes import TEST_ACCOUNT_SID, RedisProcess, start_redis
 
 
 @pytest.fixture
@@ -56,9 +56,25 @@ async def test_a_walk_over_a_thousand_documents(
     assert [d.sid for d in back.items] == created[-1 - len(back.items) : -1]
 
 
-async def test_a_deleted_service_is_gone_at_once_and_purged_in_bounded_steps(
-    store: RedisStore, redis: Redis
-) -> None:
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A Redis no server process sweeps: the purge below must be this store's own, step by step."""
+    proc = start_redis(tmp_path_factory.mktemp("layout-redis"))
+    yield proc
+    proc.stop()
+
+
+async def test_a_deleted_service_is_gone_at_once_and_purged_in_bounded_steps(own_redis: RedisProcess) -> None:
+    store = RedisStore(Redis.from_url(own_redis.url), TEST_ACCOUNT_SID)
+    redis = Redis.from_url(own_redis.url)
+    try:
+        await _delete_and_purge(store, redis)
+    finally:
+        await redis.aclose()
+        await store.close()
+
+
+async def _delete_and_purge(store: RedisStore, redis: Redis) -> None:
     service = (await store.create_service({})).sid
     who = Principal.system(service)
     docs = [await store.create_document(who, f"d{i}", b"{}", 3600 if i % 3 else 0) for i in range(2000)]
