@@ -171,7 +171,7 @@ def _rest_section(rest: dict[str, Any]) -> list[str]:
         rows.append(_row("bare Starlette endpoint (no Redis)", workers, *cells, "1x", ""))
     if ceiling:
         cells = (_fmt(ceiling), _fmt(store["p50_ms"]), _fmt(store["p99_ms"]))
-        rows.append(_row("redis-benchmark EVALSHA doc_write", "-", *cells, "", "1x"))
+        rows.append(_row("redis-benchmark EVALSHA doc_write, one doc", "-", *cells, "", "1x"))
     elif store:
         rows.append(_row("redis-benchmark", "-", store.get("skipped"), "", "", "", ""))
     title = (
