@@ -106,7 +106,7 @@ class TwilsockSession(Session):
             return  # the client's ack of one of our frames (not rate-limited: they follow our pushes)
         # No soft limit as on the native protocol: the SDK treats a refused transport frame as a
         # connection problem, not a slow-down.
-        if not self.allow_requests(_request_count(frame)):
+        if not self.allow_requests():
             return
         if method == "close":
             self.outbox.close(1000)
@@ -225,6 +225,10 @@ class TwilsockSession(Session):
             raise errors.ValidationError("Invalid subscription request")
         if len(requests) > MAX_BATCH:
             raise errors.ValidationError(f"At most {MAX_BATCH} subscription requests at once")
+        # The frame counted as one request; each further document it names counts too, so the rate
+        # limit holds for batches (counted here, where the body is parsed anyway).
+        if len(requests) > 1 and not self.allow_requests(len(requests) - 1):
+            return
         items: list[tuple[str, str]] = []
         for item in requests:
             if not isinstance(item, dict) or not isinstance(item.get("object_sid"), str):
@@ -276,21 +280,6 @@ def _token(frame: codec.TwilsockFrame) -> str:
     if not isinstance(token, str) or not token:
         raise errors.AuthenticationError("An access token is required")
     return token
-
-
-def _request_count(frame: codec.TwilsockFrame) -> int:
-    """How many requests a frame makes: a subscriptions call counts each document it names."""
-    if frame.method != "message" or frame.payload[:1] != b"{":
-        return 1
-    request = frame.header.get("http_request")
-    if not isinstance(request, dict) or not str(request.get("path", "")).startswith("/v4/Subscriptions"):
-        return 1
-    try:
-        body = codec.json_payload(frame)
-    except Exception:
-        return 1
-    requests = body.get("requests") if isinstance(body, dict) else None
-    return max(1, len(requests)) if isinstance(requests, list) else 1
 
 
 def _token_refusal(message_id: str | None, exc: errors.SyncError) -> bytes:
