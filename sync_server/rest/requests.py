@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
-
 from starlette.requests import Request
 
 from sync_server import errors
+from sync_server.rest.forms import decode_form
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -39,13 +38,11 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
     if not is_form:
         raise _not_a_form()
     try:
-        # Strict twice over: the raw body, and every %XX escape in it (parse_qs would otherwise
-        # turn "%FF" into U+FFFD and store a name or data the client never sent).
-        text = body.decode()
-        fields = parse_qs(text, keep_blank_values=True, errors="strict")
+        # Strict twice over: the raw body, and every %XX escape in it (a lenient decoder would turn
+        # "%FF" into U+FFFD and store a name or data the client never sent).
+        return decode_form(body)
     except UnicodeDecodeError:
         raise errors.ValidationError("The request body is not valid UTF-8") from None
-    return {key: values[-1] for key, values in fields.items()}
 
 
 def _not_a_form() -> errors.UnsupportedMediaType:

@@ -81,36 +81,40 @@ def new_document_sid(service_sid: str, unique_name: str | None) -> str:
     return "ET" + format(partition, "02x") + secrets.token_hex(15)
 
 
+PREFIXES: tuple[str, ...] = tuple(f"sync:{{{tag}}}:" for tag in TAGS)
+"""Partition p's key prefix, ``sync:{T}:`` (built once: every store call names several keys)."""
+
+
 def prefix(partition: int) -> str:
-    return f"sync:{{{TAGS[partition]}}}:"
+    return PREFIXES[partition]
 
 
 def service_copy(partition: int, service_sid: str) -> str:
-    return f"{prefix(partition)}s:{service_sid}"
+    return f"{PREFIXES[partition]}s:{service_sid}"
 
 
 def names(partition: int, service_sid: str) -> str:
-    return f"{prefix(partition)}n:{service_sid}"
+    return f"{PREFIXES[partition]}n:{service_sid}"
 
 
 def index(partition: int, service_sid: str) -> str:
-    return f"{prefix(partition)}i:{service_sid}"
+    return f"{PREFIXES[partition]}i:{service_sid}"
 
 
 def last_score(partition: int) -> str:
-    return f"{prefix(partition)}q"
+    return f"{PREFIXES[partition]}q"
 
 
 def expiry(partition: int) -> str:
-    return f"{prefix(partition)}x"
+    return f"{PREFIXES[partition]}x"
 
 
 def dead(partition: int) -> str:
-    return f"{prefix(partition)}dead"
+    return f"{PREFIXES[partition]}dead"
 
 
 def alias(partition: int) -> str:
-    return f"{prefix(partition)}alias"
+    return f"{PREFIXES[partition]}alias"
 
 
 def graveyard(partition: int, service_sid: str, generation: str) -> tuple[str, str]:
@@ -120,17 +124,17 @@ def graveyard(partition: int, service_sid: str, generation: str) -> tuple[str, s
 
 
 def document_key(service_sid: str, document_sid: str) -> str:
-    return f"{prefix(sid_partition(document_sid))}d:{service_sid}:{document_sid}"
+    return f"{PREFIXES[sid_partition(document_sid)]}d:{service_sid}:{document_sid}"
 
 
 def permission_key(service_sid: str, document_sid: str) -> str:
-    return f"{prefix(sid_partition(document_sid))}p:{service_sid}:{document_sid}"
+    return f"{PREFIXES[sid_partition(document_sid)]}p:{service_sid}:{document_sid}"
 
 
 def document_channel(service_sid: str, document_sid: str) -> str:
     """The channel of a document's events (the service is not part of it: SIDs are unique)."""
     del service_sid
-    return f"{prefix(sid_partition(document_sid))}c:{document_sid}"
+    return f"{PREFIXES[sid_partition(document_sid)]}c:{document_sid}"
 
 
 def service_key(service_sid: str) -> str:
