@@ -195,6 +195,9 @@ async def test_a_sigkilled_master_of_a_hot_document_fails_over_and_every_subscri
     cold_sid = created.json()["sid"]
 
     watchers = [Watcher(basic_client(server, service)) for server in servers for _ in range(2)]
+    # Raw protocol clients see the wire itself (nothing filters what they get): on the hot document,
+    # and on the cold one (on another master).
+    raw = [await Peer.connect(ws_url(server, service=service)) for server in servers]
     bystanders = [await Peer.connect(ws_url(server, service=service)) for server in servers]
     outcomes: list[tuple[float, bool]] = []  # (when a write was answered, whether it succeeded)
     stop = asyncio.Event()
@@ -222,6 +225,8 @@ async def test_a_sigkilled_master_of_a_hot_document_fails_over_and_every_subscri
     writing = asyncio.gather(*(writer(server) for server in servers))
     try:
         await asyncio.gather(*(w.open(hot) for w in watchers))
+        hot_sid = (await raw[0].ok("subscribe", doc=hot))["document"]["sid"]
+        await raw[1].ok("subscribe", doc=hot)
         for peer in bystanders:
             await peer.ok("subscribe", doc=cold)
         await eventually(lambda: len(successes_since(0)) >= 10 and all(w.seen for w in watchers))
@@ -242,6 +247,11 @@ async def test_a_sigkilled_master_of_a_hot_document_fails_over_and_every_subscri
             assert watcher.seen == sorted(set(watcher.seen)), watcher.seen
             # The reset reached it: it reconnected and resubscribed.
             assert watcher.client.connection_id != watcher.first_connection
+        for peer in raw:
+            # On the wire: closed with 4508 by the reset, every revision before it once and in order.
+            assert await peer.wait_closed() == 4508
+            revisions = [revision for revision, _ in updates(peer, hot_sid)]
+            assert revisions and revisions == sorted(set(revisions)), revisions
 
         # The subscribers of the other masters' documents were left alone: same connection, no reset,
         # and they still hear every write.
@@ -256,13 +266,14 @@ async def test_a_sigkilled_master_of_a_hot_document_fails_over_and_every_subscri
             assert resets.get(victim.port, 0) >= 1, resets
             assert all(count == 0 for port, count in resets.items() if port != victim.port), resets
         failed = sum(1 for _, succeeded in outcomes if not succeeded)
+        told = sorted(len(w.seen) for w in watchers)
         print(
             f"\nfailover: writes succeeded again {recovered_in:.2f} s after the kill ({failed} of "
             f"{len(outcomes)} failed); {len(watchers)} subscribers converged at revision {latest}, "
-            f"each told of {min(len(w.seen) for w in watchers)}-{max(len(w.seen) for w in watchers)} revisions"
+            f"each told of {told[0]}-{told[-1]} revisions"
         )
     finally:
         stop.set()
         await asyncio.gather(writing, return_exceptions=True)
         await asyncio.gather(*(w.client.close() for w in watchers))
-        await close_all(bystanders)
+        await close_all(raw + bystanders)
