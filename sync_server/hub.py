@@ -96,7 +96,7 @@ class _Node:
     """``host:port`` (or the unix socket's path): for logs and the ``node`` label of the metrics."""
     params: dict[str, Any]
     sharded: bool
-    tls: ssl.SSLContext | None = None
+    tls: ssl.SSLContext | None = field(init=False, default=None)
     connection: PubSubConnection | None = None
     connecting: asyncio.Task[PubSubConnection] | None = None
     channels: dict[bytes, _Channel] = field(default_factory=dict)
@@ -148,10 +148,6 @@ class Hub:
         """Subscribes with ``SSUBSCRIBE`` on the master of each channel's slot from now on: for a
         store on a Redis Cluster whose scripts publish with ``SPUBLISH``. Call before :meth:`start`."""
         self._topology = topology
-
-    @property
-    def sharded(self) -> bool:
-        return self._topology is not None
 
     @property
     def channel_count(self) -> int:
