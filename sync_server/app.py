@@ -169,6 +169,9 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         # Refuses to serve a store of the previous key layout (`sync-server migrate` re-keys it).
         await store.detect_cluster()
         await check_layout(store)
+        if store.publish_command == "SPUBLISH" and store.topology is not None:
+            # Events leave by SPUBLISH on the master of their slot: the hub subscribes there too.
+            hub.shard_by(store.topology)
         await hub.start()
         sweeper = asyncio.create_task(_sweep_forever(store, settings.expiry_interval))
         try:

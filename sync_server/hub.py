@@ -11,38 +11,50 @@ Contract:
   subscriber of its channel by a plain synchronous call, in Redis order (= revision order). A
   subscriber must never block: it writes to a bounded per-connection buffer or closes the
   connection (see gateway/outbox.py).
-- If the pub/sub connection to Redis is lost, events may have been missed: every subscriber is told
-  through :meth:`Subscriber.on_hub_reset` (connections then close with a reconnect code, and
-  clients resubscribe with their last revision and converge), and the hub forgets every channel.
-  The next subscribe connects again at once: there is no reconnect loop to wait for.
+- Whenever events may have been missed on a Redis node, every subscriber of that node's channels is
+  told through :meth:`Subscriber.on_hub_reset` (connections then close with a reconnect code, and
+  clients resubscribe with their last revision and converge), and the hub forgets those channels. The
+  next subscribe connects again at once: there is no reconnect loop to wait for.
 
-Failure handling, and why it is shaped like this: the hub speaks RESP itself on one dedicated
-connection (an ``asyncio.Protocol``, parsed by hiredis as the store's multiplexed connection is)
-rather than through redis-py's ``PubSub``, whose reader and writers share one connection object that
-either side may tear down under the other. Here writing SUBSCRIBE/UNSUBSCRIBE is a synchronous
-``transport.write`` and replies are dispatched as they are parsed, so no task reads and there is no
-half-closed state: the connection is either usable or lost, and losing it resets everything in one
-synchronous step. A SUBSCRIBE's confirmation is a future per channel that the hub settles (with a
-result, or with ``UnavailableError``), never one that a caller owns: when it fails, exactly its
-waiters fail and the channel is forgotten, so the next subscribe sends a fresh SUBSCRIBE.
+Standalone Redis: one pub/sub connection (``SUBSCRIBE``) to the Redis of the store; losing it resets
+every subscriber. Redis Cluster (after :meth:`Hub.shard_by`): the scripts ``SPUBLISH`` each event on
+the master of its channel's slot, so the hub subscribes to each channel with ``SSUBSCRIBE`` on that
+master, found in the store's slot map (:class:`~sync_server.store.cluster_client.Topology`), with one
+pub/sub connection per master that serves subscribed channels. What resets whom there:
+
+- a node's connection lost, dropped after an error reply (``MOVED`` to an SSUBSCRIBE: the slot moved
+  away), or silent past the heartbeat: the subscribers of that node's channels, and no others;
+- Redis ending one channel's subscription by itself (an unsolicited ``sunsubscribe``: its slot moved,
+  or its master became a replica in a failover): the subscribers of that channel.
+
+Each of them also re-reads the slot map, and a subscribe waits for that read before it routes a new
+channel, so subscribing again goes to the new owner. A reset subscriber is removed from every channel
+(on every node) at once: it is done with this hub, which is what lets a connection that subscribed on
+several nodes close without unsubscribing (gateway/subscriptions.py).
+
+A SUBSCRIBE's confirmation is a future per channel that the hub settles (with a result, or with
+``UnavailableError``), never one that a caller owns: when it fails, exactly its waiters fail and the
+channel is forgotten, so the next subscribe sends a fresh SUBSCRIBE. The connection itself (RESP in
+subscribe mode, parsed by hiredis as it arrives) is in hub_connection.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-import hiredis
 from redis.asyncio import Redis
 
 from sync_server import errors, metrics
 from sync_server.events import DocumentEvent, decode_event
+from sync_server.hub_connection import UNAVAILABLE, PubSubConnection, open_connection
 from sync_server.store import keys
-from sync_server.store.multiplex import CONNECT_TIMEOUT, pack_command, params_from_pool, ssl_context
+from sync_server.store.cluster_client import Address, Topology
+from sync_server.store.multiplex import params_from_pool, ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +63,10 @@ SUBSCRIBE_TIMEOUT = 5.0
 HEARTBEAT_INTERVAL = 10.0
 """A PING goes out this often; a connection that stays silent for as long after one is dropped (a
 Redis that hangs, or a network path that died without a reset, would otherwise never be noticed)."""
+MAP_WAIT = 1.0
+"""How long a subscribe waits for a slot-map read under way before it routes with the map it has."""
 
-UNAVAILABLE = "The event stream is unavailable, try again"
+__all__ = ["HEARTBEAT_INTERVAL", "SUBSCRIBE_TIMEOUT", "UNAVAILABLE", "Hub", "Subscriber"]
 
 
 class Subscriber(Protocol):
@@ -60,162 +74,55 @@ class Subscriber(Protocol):
         """Called once per event of a subscribed channel. Must not block or raise."""
 
     def on_hub_reset(self) -> None:
-        """Called when events may have been lost (Redis pub/sub connection dropped)."""
+        """Called once when events may have been lost on a channel of this subscriber (its Redis
+        pub/sub connection dropped, or Redis ended the subscription). The hub has then removed the
+        subscriber from every channel: it gets no more events, and need not unsubscribe."""
 
 
 @dataclass(eq=False, slots=True)
 class _Channel:
     confirmed: asyncio.Future[None]
     """Settled by the hub: Redis confirmed the SUBSCRIBE, or it failed (``UnavailableError``)."""
+    node: _Node
     subscribers: set[Subscriber] = field(default_factory=set)
+
+
+@dataclass(eq=False, slots=True)
+class _Node:
+    """One Redis node's pub/sub: its connection, made on demand (one attempt shared by all callers),
+    and the channels subscribed on it."""
+
+    label: str
+    """``host:port`` (or the unix socket's path): for logs and the ``node`` label of the metrics."""
+    params: dict[str, Any]
+    sharded: bool
+    tls: ssl.SSLContext | None = field(init=False, default=None)
+    connection: PubSubConnection | None = None
+    connecting: asyncio.Task[PubSubConnection] | None = None
+    channels: dict[bytes, _Channel] = field(default_factory=dict)
+    connects: metrics.Value = field(init=False)
+    resets: metrics.Value = field(init=False)
+
+    def __post_init__(self) -> None:
+        # rediss:// as for the store's connection (the same URL options, see multiplex.ssl_context).
+        self.tls = ssl_context(self.params)
+        self.connects, self.resets = metrics.hub_node(self.label)
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.lost
+
+
+def _label(params: dict[str, Any]) -> str:
+    if "path" in params:
+        return str(params["path"])
+    return f"{params.get('host', 'localhost')}:{int(params.get('port', 6379))}"
 
 
 def _fail(future: asyncio.Future[None], message: str) -> None:
     if not future.done():
         future.set_exception(errors.UnavailableError(message))
         future.exception()  # retrieved: nobody may be waiting, which is not worth a log line
-
-
-class _PubSubConnection(asyncio.Protocol):
-    """One Redis connection in subscribe mode. Every reply is a push, handled as soon as it is parsed."""
-
-    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
-        self._hub = hub
-        self._loop = loop
-        self._reader = hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
-        self.ready: asyncio.Future[None] = loop.create_future()
-        """Set by the PONG that ends the handshake (after AUTH, if any)."""
-        self.lost = False
-        self._aborted = False
-        # Per channel, the confirmations of the SUBSCRIBEs sent, oldest first. Redis answers each
-        # SUBSCRIBE with one confirmation, in order, so the n-th one belongs to the n-th SUBSCRIBE,
-        # also when a channel was given up and subscribed again while one was still on its way.
-        self._acks: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
-        self._heard = True
-        self._heartbeat: asyncio.TimerHandle | None = None
-
-    # -- asyncio.Protocol -------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._heard = True
-        self._reader.feed(data)
-        while not (self.lost or self._aborted):
-            try:
-                reply = self._reader.gets()
-            except hiredis.ProtocolError:
-                self.abort("Redis sent something that is not RESP")
-                return
-            if reply is False:
-                return
-            self._on_reply(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("Redis closed the connection"))
-            self.ready.exception()
-        self._hub._connection_lost(self, exc)
-
-    # -- commands out -----------------------------------------------------------------------------
-
-    def send(self, *args: str | bytes) -> None:
-        transport = self.transport
-        if self.lost or transport is None or transport.is_closing():
-            raise errors.UnavailableError(UNAVAILABLE)
-        transport.write(pack_command(args))
-
-    def handshake(self, params: dict[str, Any]) -> None:
-        """AUTH if configured, then PING: its PONG sets :attr:`ready`. (No SELECT: channels are
-        not per database.)"""
-        password = params.get("password")
-        if password:
-            username = params.get("username")
-            self.send("AUTH", *((username, password) if username else (password,)))
-        self.send("PING")
-
-    def subscribe(self, key: bytes, confirmed: asyncio.Future[None]) -> None:
-        self.send("SUBSCRIBE", key)
-        self._acks.setdefault(key, collections.deque()).append(confirmed)
-
-    def unsubscribe(self, key: bytes) -> None:
-        # Best effort: on a lost connection there is no subscription left to end.
-        if not self.lost and self.transport is not None and not self.transport.is_closing():
-            self.send("UNSUBSCRIBE", key)
-
-    def start_heartbeat(self, interval: float) -> None:
-        self._heartbeat = self._loop.call_later(interval, self._beat, interval)
-
-    def close_quietly(self) -> None:
-        self._aborted = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def abort(self, why: str) -> None:
-        """Drops the connection at once; what is still buffered is not handled any more, and
-        :meth:`connection_lost` (soon, from the loop) resets the hub."""
-        if not (self.lost or self._aborted):
-            log.warning("dropping the Redis pub/sub connection: %s", why)
-        self._aborted = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    # -- replies in -------------------------------------------------------------------------------
-
-    def _on_reply(self, reply: Any) -> None:
-        if isinstance(reply, list) and len(reply) == 3:
-            kind = reply[0]
-            if kind == b"message":
-                self._hub._dispatch(reply[1], reply[2])
-                return
-            if kind == b"subscribe":
-                self._confirm(reply[1])
-                return
-            if kind == b"unsubscribe":
-                return
-        if reply == b"PONG" or (isinstance(reply, list) and reply[:1] == [b"pong"]):
-            if not self.ready.done():
-                self.ready.set_result(None)
-            return
-        if isinstance(reply, hiredis.ReplyError):
-            if self.ready.done():
-                self.abort(f"Redis answered {reply}")
-                return
-            # This connection attempt fails (its subscribers get 20503). LOADING is a Redis that is
-            # restarting, normal for a moment; anything else (a wrong password…) is worth a warning.
-            if not str(reply).startswith("LOADING"):
-                log.warning("Redis refused the pub/sub connection: %s", reply)
-            self.ready.set_exception(ConnectionError(f"Redis refused the pub/sub connection: {reply}"))
-            self.ready.exception()
-            self.close_quietly()
-        # Anything else is the OK of AUTH.
-
-    def _confirm(self, key: bytes) -> None:
-        pending = self._acks.get(key)
-        if not pending:
-            return
-        confirmed = pending.popleft()
-        if not pending:
-            del self._acks[key]
-        if not confirmed.done():
-            confirmed.set_result(None)
-
-    def _beat(self, interval: float) -> None:
-        if not self._heard:
-            self.abort(f"no answer to a PING within {interval:g} s")
-            return
-        self._heard = False
-        try:
-            self.send("PING")
-        except errors.UnavailableError:
-            return  # already lost: connection_lost resets the hub
-        self.start_heartbeat(interval)
 
 
 class Hub:
@@ -227,15 +134,20 @@ class Hub:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         # The same Redis as ``redis`` (address, credentials), on a connection of the hub's own.
-        self._params = params_from_pool(redis.connection_pool)
-        # rediss:// as for the store's connection (the same URL options, see multiplex.ssl_context).
-        self._ssl = ssl_context(self._params)
+        params = params_from_pool(redis.connection_pool)
+        self._standalone = _Node(_label(params), params, sharded=False)
+        self._topology: Topology | None = None
+        self._nodes: dict[Address, _Node] = {}
         self._subscribe_timeout = subscribe_timeout
         self._heartbeat_interval = heartbeat_interval
         self._channels: dict[bytes, _Channel] = {}
-        self._connection: _PubSubConnection | None = None
-        self._connecting: asyncio.Task[_PubSubConnection] | None = None
+        self._map_read: asyncio.Future[None] | None = None
         self._stopped = False
+
+    def shard_by(self, topology: Topology) -> None:
+        """Subscribes with ``SSUBSCRIBE`` on the master of each channel's slot from now on: for a
+        store on a Redis Cluster whose scripts publish with ``SPUBLISH``. Call before :meth:`start`."""
+        self._topology = topology
 
     @property
     def channel_count(self) -> int:
@@ -243,30 +155,42 @@ class Hub:
 
     @property
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.lost
+        """Whether a pub/sub connection is up (on a cluster: to at least one node)."""
+        return any(node.connected for node in self._all_nodes())
+
+    def channels_by_node(self) -> dict[str, int]:
+        """How many channels are subscribed on each node (``host:port``) that has any."""
+        return {node.label: len(node.channels) for node in self._all_nodes() if node.channels}
 
     async def start(self) -> None:
-        """Connects ahead of the first subscribe. A Redis that is down now is not an error: every
-        subscribe tries again."""
+        """Connects ahead of the first subscribe (on standalone Redis; a cluster's nodes are connected
+        as their channels are subscribed). A Redis that is down now is not an error: every subscribe
+        tries again."""
+        if self._topology is not None:
+            return
         try:
-            await self._connected()
+            await self._connected(self._standalone)
         except errors.UnavailableError:
             log.warning("Redis pub/sub is unavailable at start; subscribes will retry")
 
     async def stop(self) -> None:
         self._stopped = True
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None:
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, errors.UnavailableError):
-                await connecting
-        connection, self._connection = self._connection, None
+        nodes = list(self._all_nodes())
+        for node in nodes:
+            connecting, node.connecting = node.connecting, None
+            if connecting is not None:
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, errors.UnavailableError):
+                    await connecting
         channels, self._channels = self._channels, {}
         metrics.HUB_CHANNELS.set(0)
         for entry in channels.values():
             _fail(entry.confirmed, "The server is shutting down")
-        if connection is not None and connection.transport is not None:
-            connection.transport.close()
+        for node in nodes:
+            connection, node.connection = node.connection, None
+            node.channels = {}
+            if connection is not None and connection.transport is not None:
+                connection.transport.close()
 
     @staticmethod
     def document_channel(service_sid: str, document_sid: str) -> str:
@@ -282,13 +206,15 @@ class Hub:
         key = channel.encode()
         entry = self._channels.get(key)
         if entry is None:
-            connection = await self._connected()
+            node = self._standalone if self._topology is None else await self._node_of(key)
+            connection = await self._connected(node)
             # Another subscriber of the channel may have come first while this one waited.
             entry = self._channels.get(key)
             if entry is None:
-                entry = _Channel(asyncio.get_running_loop().create_future())
+                entry = _Channel(asyncio.get_running_loop().create_future(), node)
                 connection.subscribe(key, entry.confirmed)
                 self._channels[key] = entry
+                node.channels[key] = entry
                 metrics.HUB_CHANNELS.set(len(self._channels))
         entry.subscribers.add(subscriber)
         if not entry.confirmed.done():
@@ -320,6 +246,9 @@ class Hub:
         except asyncio.CancelledError:
             self._leave(key, entry, subscriber)
             raise
+        if subscriber not in entry.subscribers:
+            # Reset meanwhile through a channel of another node (see _reset): it is no subscriber now.
+            raise errors.UnavailableError(UNAVAILABLE)
 
     def _leave(self, key: bytes, entry: _Channel, subscriber: Subscriber) -> None:
         if subscriber not in entry.subscribers:
@@ -333,14 +262,17 @@ class Hub:
         if self._channels.get(key) is not entry:
             return
         del self._channels[key]
+        node = entry.node
+        node.channels.pop(key, None)
         metrics.HUB_CHANNELS.set(len(self._channels))
         _fail(entry.confirmed, reason)
-        if self._connection is not None:
+        if node.connection is not None:
             # Also after a SUBSCRIBE that timed out: if its confirmation comes after all, Redis
             # must not stay subscribed to a channel nobody here listens to.
-            self._connection.unsubscribe(key)
+            node.connection.unsubscribe(key)
 
-    def _dispatch(self, channel: bytes, payload: bytes) -> None:
+    def on_message(self, channel: bytes, payload: bytes) -> None:
+        """An event from Redis (hub_connection.Owner): decoded once, handed to every local subscriber."""
         entry = self._channels.get(channel)
         if entry is None or not entry.subscribers:
             return
@@ -357,76 +289,65 @@ class Hub:
                 log.exception("subscriber failed on an event")
         metrics.flush_deliveries()  # one inc(n) per protocol for this event (metrics.py)
 
-    # -- the connection ---------------------------------------------------------------------------
+    # -- resets -----------------------------------------------------------------------------------
 
-    async def _connected(self) -> _PubSubConnection:
-        """The live pub/sub connection; connects if there is none, one attempt shared by all callers."""
-        connection = self._connection
-        if connection is not None and not connection.lost:
-            return connection
-        if self._stopped:
-            raise errors.UnavailableError("The server is shutting down")
-        if self._connecting is None:
-            self._connecting = asyncio.create_task(self._connect(), name="hub-connect")
-            self._connecting.add_done_callback(self._connect_done)
-        # Shielded: a caller that is cancelled must not cancel the attempt the others wait on.
-        return await asyncio.shield(self._connecting)
+    def on_lost(self, connection: PubSubConnection, exc: Exception | None) -> None:
+        """A node's connection is gone: every channel of that node is forgotten and its subscribers
+        are reset (hub_connection.Owner)."""
+        node = self._node_with(connection)
+        if node is None:
+            return  # a connection that never became a node's, or one stop() closed
+        node.connection = None
+        why = f"the Redis pub/sub connection was lost ({exc or 'closed'})"
+        if not node.channels:  # nothing was subscribed there: nothing can have been missed
+            log.info("%s on %s; it had no channels", why, node.label)
+            if node.sharded:
+                self._reread_map()
+            return
+        self._reset(node, dict(node.channels), why)
 
-    def _connect_done(self, task: asyncio.Task[_PubSubConnection]) -> None:
-        if self._connecting is task:
-            self._connecting = None
-        if not task.cancelled():
-            task.exception()  # retrieved: the callers that waited got it
+    def on_dropped(self, connection: PubSubConnection, channels: list[bytes]) -> None:
+        """Redis ended these channels' subscriptions by itself: their subscribers are reset."""
+        node = self._node_with(connection)
+        if node is None:
+            return
+        # Those unsubscribed here meanwhile (or never subscribed on this connection) are not ours.
+        ended = {key: node.channels[key] for key in channels if key in node.channels}
+        if ended:
+            self._reset(node, ended, "Redis ended sharded subscriptions (their slot moved, or a failover)")
 
-    async def _connect(self) -> _PubSubConnection:
-        loop = asyncio.get_running_loop()
-        params = self._params
-        timeout = params.get("socket_connect_timeout") or CONNECT_TIMEOUT
-        connection: _PubSubConnection | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                if "path" in params:
-                    _, connection = await loop.create_unix_connection(
-                        lambda: _PubSubConnection(self, loop), params["path"]
-                    )
-                else:
-                    host, port = params.get("host", "localhost"), int(params.get("port", 6379))
-                    _, connection = await loop.create_connection(
-                        lambda: _PubSubConnection(self, loop),
-                        host,
-                        port,
-                        ssl=self._ssl,
-                        server_hostname=host if self._ssl is not None else None,
-                    )
-                connection.handshake(params)
-                await connection.ready
-        except (OSError, TimeoutError, errors.UnavailableError) as exc:
-            if connection is not None:
-                connection.close_quietly()
-            raise errors.UnavailableError(UNAVAILABLE) from exc
-        if connection.lost:  # lost between its PONG and now
-            raise errors.UnavailableError(UNAVAILABLE)
-        connection.start_heartbeat(self._heartbeat_interval)
-        self._connection = connection
-        metrics.HUB_CONNECTS.inc()
-        log.info("Redis pub/sub connected")
-        return connection
+    def _node_with(self, connection: PubSubConnection) -> _Node | None:
+        if self._standalone.connection is connection:
+            return self._standalone
+        for node in self._nodes.values():
+            if node.connection is connection:
+                return node
+        return None
 
-    def _connection_lost(self, connection: _PubSubConnection, exc: Exception | None) -> None:
-        """Forgets every channel and tells every subscriber (events may have been missed)."""
-        if connection is not self._connection:
-            return  # a connection that never became the hub's, or one stop() closed
-        self._connection = None
-        channels, self._channels = self._channels, {}
-        metrics.HUB_CHANNELS.set(0)
-        metrics.HUB_RESETS.inc()
+    def _reset(self, node: _Node, channels: dict[bytes, _Channel], why: str) -> None:
+        """Forgets ``channels`` (of ``node``), fails their waiters and resets their subscribers, who
+        are removed from every other channel too (they are done with this hub, see Subscriber)."""
         subscribers: set[Subscriber] = set()
-        for entry in channels.values():
-            _fail(entry.confirmed, "The Redis pub/sub connection was lost")
+        for key, entry in channels.items():
+            if self._channels.get(key) is entry:
+                del self._channels[key]
+            node.channels.pop(key, None)
+            _fail(entry.confirmed, "The Redis pub/sub subscription was lost")
             subscribers.update(entry.subscribers)
+        if subscribers and self._channels:  # only on a cluster: other nodes' channels remain
+            for key, entry in list(self._channels.items()):
+                if not entry.subscribers.isdisjoint(subscribers):
+                    entry.subscribers.difference_update(subscribers)
+                    if not entry.subscribers:
+                        self._forget(key, entry, "its subscribers were reset")
+        metrics.HUB_CHANNELS.set(len(self._channels))
+        node.resets.inc()
+        if node.sharded:
+            self._reread_map()
         log.warning(
-            "the Redis pub/sub connection was lost (%s); %d channel(s) and %d subscriber(s) reset",
-            exc or "closed",
+            "%s on %s: %d channel(s) and %d subscriber(s) reset",
+            why,
+            node.label,
             len(channels),
             len(subscribers),
         )
@@ -435,3 +356,81 @@ class Hub:
                 subscriber.on_hub_reset()
             except Exception:
                 log.exception("subscriber failed on a hub reset")
+
+    # -- routing (on a cluster) -------------------------------------------------------------------
+
+    async def _node_of(self, key: bytes) -> _Node:
+        """The node of the master serving ``key``'s slot, after any map read under way (a reset or a
+        failed connect started one: the map it replaces proved wrong)."""
+        topology = self._topology
+        assert topology is not None
+        reading = self._map_read
+        if reading is not None and not reading.done():
+            with contextlib.suppress(Exception):  # no node answered: route with the map as it is
+                await asyncio.wait_for(asyncio.shield(reading), MAP_WAIT)
+        address = topology.address_of(key)
+        if address is None:  # no map read yet (the store has not run a script): read it now
+            try:
+                await asyncio.wait_for(topology.refresh(), self._subscribe_timeout)
+            except Exception as exc:  # no node answered, or not in time
+                raise errors.UnavailableError(UNAVAILABLE) from exc
+            address = topology.address_of(key)
+            if address is None:
+                raise errors.UnavailableError(UNAVAILABLE)
+        node = self._nodes.get(address)
+        if node is None:
+            params = topology.node_params(address)
+            node = self._nodes[address] = _Node(_label(params), params, sharded=True)
+        return node
+
+    def _reread_map(self) -> None:
+        """Starts a read of the slot map (shared with the store's router), unless one is under way."""
+        if self._topology is None or self._stopped:
+            return
+        if self._map_read is None or self._map_read.done():
+            self._map_read = asyncio.ensure_future(self._topology.refresh())
+            self._map_read.add_done_callback(_retrieve)
+
+    def _all_nodes(self) -> list[_Node]:
+        return [self._standalone, *self._nodes.values()]
+
+    # -- connections ------------------------------------------------------------------------------
+
+    async def _connected(self, node: _Node) -> PubSubConnection:
+        """The node's live pub/sub connection; connects if there is none, one attempt shared by all."""
+        connection = node.connection
+        if connection is not None and not connection.lost:
+            return connection
+        if self._stopped:
+            raise errors.UnavailableError("The server is shutting down")
+        if node.connecting is None:
+            node.connecting = asyncio.create_task(self._connect(node), name=f"hub-connect {node.label}")
+            node.connecting.add_done_callback(lambda task: self._connect_done(node, task))
+        # Shielded: a caller that is cancelled must not cancel the attempt the others wait on.
+        return await asyncio.shield(node.connecting)
+
+    def _connect_done(self, node: _Node, task: asyncio.Task[PubSubConnection]) -> None:
+        if node.connecting is task:
+            node.connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers that waited got it
+
+    async def _connect(self, node: _Node) -> PubSubConnection:
+        try:
+            connection = await open_connection(
+                self, node.params, node.tls, sharded=node.sharded, heartbeat_interval=self._heartbeat_interval
+            )
+        except errors.UnavailableError:
+            if node.sharded:
+                self._reread_map()  # a dead master: its replica may be serving the slots already
+            raise
+        node.connection = connection
+        node.connects.inc()
+        log.info("Redis pub/sub connected to %s", node.label)
+        return connection
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Marks a background future's exception as seen (whoever awaits it gets it too)."""
+    if not future.cancelled():
+        future.exception()

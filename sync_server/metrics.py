@@ -257,13 +257,23 @@ _REDIS_ERRORS = _counter(
 REDIS_ERRORS: Final[dict[str, Value]] = {
     kind: _REDIS_ERRORS.labels(kind) for kind in ("unavailable", "full", "timeout")
 }
-HUB_CONNECTS: Final[Value] = _counter(
-    "sync_hub_connects_total", "Redis pub/sub connections made by the hub (the first, then each reconnect)"
+_HUB_CONNECTS = _counter(
+    "sync_hub_connects_total",
+    "Redis pub/sub connections made by the hub (the first, then each reconnect), by node",
+    ("node",),
 )
-HUB_RESETS: Final[Value] = _counter(
+_HUB_RESETS = _counter(
     "sync_hub_resets_total",
-    "Times the hub's pub/sub connection was lost: its channels were reset and their connections closed",
+    "Times events may have been lost on a node (its pub/sub connection lost, or Redis ending channels' "
+    "sharded subscriptions): those channels were reset and their subscribers' connections closed",
+    ("node",),
 )
+
+
+def hub_node(node: str) -> tuple[Value, Value]:
+    """The connect and reset counters of one Redis node (``host:port``), bound once per node."""
+    return _HUB_CONNECTS.labels(node), _HUB_RESETS.labels(node)
+
 
 # -- expiry --------------------------------------------------------------------------------------------
 

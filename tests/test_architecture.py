@@ -10,9 +10,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sync_server"
-# The composition root builds the concrete store and hub; the hub owns pub/sub; the document service
-# is the one door every adapter goes through.
-MAY_IMPORT_THE_STORE = {"app.py", "documents.py", "hub.py", "cli.py"}
+# The composition root builds the concrete store and hub; the hub owns pub/sub (its connection module
+# shares the store's RESP encoder and connect timeout); the document service is the one door every
+# adapter goes through.
+MAY_IMPORT_THE_STORE = {"app.py", "documents.py", "hub.py", "hub_connection.py", "cli.py"}
 MAY_IMPORT_REDIS = {"app.py", "hub.py"}
 
 

@@ -22,7 +22,9 @@ What the cluster may answer, and what :class:`ClusterRouter` does about it:
   standalone (scripts.py).
 
 :func:`connect_store` tells a cluster from a standalone Redis (``INFO cluster``) and returns either this
-router or a plain :class:`MultiplexedRedis`: both are a :class:`StoreConnection`.
+router or a plain :class:`MultiplexedRedis`: both are a :class:`StoreConnection`. The router is also the
+:class:`Topology` the hub subscribes by (hub.py): which master serves a channel, and a fresh map read
+when a subscription shows the map was wrong.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from redis.crc import key_slot
@@ -69,6 +72,21 @@ class StoreConnection(Protocol):
         """A command whose first key is ``key`` (on a cluster: to the master of its slot)."""
 
     async def aclose(self) -> None: ...
+
+
+class Topology(Protocol):
+    """What the hub's sharded subscriptions need of a cluster (hub.py): which master serves a channel
+    now, how to reach a node, and a fresh look at the slot map when the old one proved wrong."""
+
+    def address_of(self, key: str | bytes) -> Address | None:
+        """The master that serves ``key``'s slot in the map as last read (None: no map yet)."""
+
+    def node_params(self, address: Address) -> dict[str, Any]:
+        """Connection keywords for the node at ``address``: the seed's credentials and TLS options."""
+
+    def refresh(self) -> Awaitable[None]:
+        """Re-reads the slot map (one read shared by concurrent callers); raises ``CannotConnectError``
+        if no node answered, the map then unchanged."""
 
 
 class ClusterRouter:
@@ -119,7 +137,7 @@ class ClusterRouter:
     async def execute(self, *args: Arg) -> Any:
         return await self.execute_keyed(b"", *args)
 
-    def address_of(self, key: str | bytes) -> tuple[str, int] | None:
+    def address_of(self, key: str | bytes) -> Address | None:
         """The node the map sends ``key`` to now (None before the map is read)."""
         connection = self._by_slot[key_slot(key if isinstance(key, bytes) else key.encode())]
         return None if connection is None else connection.address
@@ -196,10 +214,15 @@ class ClusterRouter:
                 self._refresh_in_background()
                 raise
 
+    def node_params(self, address: Address) -> dict[str, Any]:
+        """Connection keywords for the node at ``address`` (the seed's credentials and TLS options): for
+        connections of another kind to the same nodes (the hub's pub/sub)."""
+        return {**self._base, "host": address[0], "port": address[1]}
+
     def _connection(self, address: Address) -> MultiplexedRedis:
         connection = self._connections.get(address)
         if connection is None:
-            params = {**self._base, "host": address[0], "port": address[1]}
+            params = self.node_params(address)
             connection = self._connections[address] = MultiplexedRedis(params, timeout=self._timeout)
         return connection
 

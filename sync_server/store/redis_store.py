@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,6 +30,9 @@ from sync_server.store.models import Document, Page, Permission, Service
 from sync_server.store.multiplex import DEFAULT_TIMEOUT
 from sync_server.store.scripts import ScriptRunner
 from sync_server.validation import MAX_DATA_BYTES, check_data_size
+
+if TYPE_CHECKING:
+    from sync_server.store.cluster_client import ClusterRouter
 
 T = TypeVar("T")
 
@@ -109,6 +112,15 @@ class RedisStore:
             self.cluster = True
             self.publish_command = "SPUBLISH"
         return self.cluster
+
+    @property
+    def topology(self) -> ClusterRouter | None:
+        """The cluster's slot map (the scripts' router), for the hub's sharded subscriptions; None on a
+        standalone Redis (or before the first script call has connected)."""
+        from sync_server.store.cluster_client import ClusterRouter
+
+        connection = self._scripts.connection
+        return connection if isinstance(connection, ClusterRouter) else None
 
     async def close(self) -> None:
         # Both connections: the scripts run on their own multiplexed one (store/scripts.py).

@@ -194,11 +194,12 @@ class ClusterProcesses:
     """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on loopback.
 
     ``start()`` forms it and waits until it is healthy (see the module docstring); :attr:`startup_seconds`
-    records how long that took. ``kill(node)`` SIGKILLs one node; ``wait_failover(old_master)`` returns its
-    promoted replica once every live node agrees and says ``cluster_state:ok`` (:attr:`failover_seconds`
-    records the time since the kill); ``restart(node)`` brings a killed node back (it rejoins from its
-    ``nodes.conf``, as a replica once it was failed over); ``heal()`` restarts every dead node and waits for
-    a healthy cluster with every master replicated, so a session-scoped cluster survives fault tests.
+    records how long that took. ``kill(node)`` SIGKILLs one node (``freeze(node)`` SIGSTOPs it, ``thaw``
+    resumes it); ``wait_failover(old_master)`` returns its promoted replica once every live node agrees
+    and says ``cluster_state:ok`` (:attr:`failover_seconds` records the time since the kill);
+    ``restart(node)`` brings a killed node back (it rejoins from its ``nodes.conf``, as a replica once it
+    was failed over); ``heal()`` thaws and restarts every node that needs it and waits for a healthy
+    cluster with every master replicated, so a session-scoped cluster survives fault tests.
     ``stop()`` ends every node, and is safe to call twice or after a failed ``start()``.
     """
 
@@ -227,6 +228,7 @@ class ClusterProcesses:
         self.failover_seconds: float | None = None
         self._killed_at: dict[int, float] = {}
         self._replicas_at_kill: dict[int, set[str]] = {}
+        self._frozen: set[int] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -250,6 +252,8 @@ class ClusterProcesses:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every node at once, then wait for each (SIGKILL after ``timeout``)."""
         for node in self.nodes:
+            if node.index in self._frozen:
+                self.thaw(node)  # a stopped process would not act on SIGTERM
             if node.alive and node.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(node.pid, signal.SIGTERM)
@@ -402,6 +406,20 @@ class ClusterProcesses:
         self._killed_at[node.index] = time.monotonic()
         node.process.kill()
 
+    def freeze(self, node: ClusterNode) -> None:
+        """SIGSTOP ``node``: it keeps its connections open and answers nothing, as a hung server would.
+        Frozen longer than the node timeout, a master is failed over. :meth:`thaw` (or :meth:`heal`)
+        lets it go on."""
+        assert node.pid is not None
+        self._frozen.add(node.index)
+        os.kill(node.pid, signal.SIGSTOP)
+
+    def thaw(self, node: ClusterNode) -> None:
+        self._frozen.discard(node.index)
+        if node.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGCONT)
+
     def restart(self, node: ClusterNode) -> None:
         """Start a stopped or killed node again on its port, directory and ``nodes.conf``; it rejoins the
         cluster by itself (as a replica of its promoted replica, if it was failed over)."""
@@ -512,9 +530,11 @@ class ClusterProcesses:
         return moved
 
     def heal(self, timeout: float = 30.0) -> None:
-        """Restart every dead node and wait until the cluster is healthy again with every master
-        replicated (a cheap check when nothing died)."""
+        """Thaw every frozen node, restart every dead one and wait until the cluster is healthy again
+        with every master replicated (a cheap check when nothing died)."""
         for node in self.nodes:
+            if node.index in self._frozen:
+                self.thaw(node)
             if not node.alive:
                 self.restart(node)
         self.wait_healthy(timeout=timeout)
