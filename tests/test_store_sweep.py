@@ -123,17 +123,45 @@ async def test_many_concurrent_sweepers_publish_each_expiry_once(
 
 async def test_sweep_limit_leaves_the_rest_for_the_next_sweep(own_store: RedisStore, raw: Redis) -> None:
     service = await new_service(own_store)
-    # The limit is per partition: five due documents of one partition.
+    # Five due documents of one partition.
     named = names_in(service, 7, 5, "due-")
     docs = [await own_store.create_document(Principal.system(service), n, b"{}", 3600) for n in named]
     assert {keys.sid_partition(d.sid) for d in docs} == {7}
     await raw.zadd(keys.expiry(7), {f"{service}:{d.sid}:{d.unique_name}": 1 for d in docs})
     assert await own_store.sweep_expired(limit=2) == 2
+    assert own_store.more_due
     assert await raw.zcard(keys.index(7, service)) == 3
     assert await own_store.sweep_expired(limit=2) == 2
     assert await own_store.sweep_expired(limit=2) == 1
+    assert not own_store.more_due
     assert await own_store.sweep_expired(limit=2) == 0
     assert await raw.zcard(keys.index(7, service)) == 0
+
+
+async def test_one_sweep_is_one_script_call_bounded_over_all_partitions(
+    own_store: RedisStore, raw: Redis
+) -> None:
+    # Standalone Redis: all 64 partitions in one call, and the limit holds for the call as a whole,
+    # so one call never holds Redis for more than `limit` removals however many partitions are due.
+    service = await new_service(own_store)
+    docs = [
+        await own_store.create_document(Principal.system(service), f"all-{i}", b"{}", 3600)
+        for i in range(300)
+    ]
+    partitions = {keys.sid_partition(d.sid) for d in docs}
+    assert len(partitions) > 50
+    for d in docs:
+        await raw.zadd(keys.expiry(keys.sid_partition(d.sid)), {f"{service}:{d.sid}:{d.unique_name}": 1})
+    await raw.config_resetstat()
+    assert await own_store.sweep_expired(limit=100) == 100
+    stats = await raw.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert own_store.more_due
+    removed = [100]
+    while own_store.more_due:
+        removed.append(await own_store.sweep_expired(limit=100))
+    assert sum(removed) == 300 and max(removed) == 100
+    assert [m for m in await across(raw, keys.expiry) if m.startswith(service.encode())] == []
 
 
 async def test_vanished_document_in_a_large_index_is_found(own_store: RedisStore, raw: Redis) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -38,11 +39,11 @@ T = TypeVar("T")
 
 DEFAULT_ALIAS = "default"
 PURGE_STEP = 500
-"""Documents of deleted services that one sweep call purges at most, per partition: bounds how long
-one script holds Redis (see lua/expire_sweep.lua)."""
+"""Documents of deleted services that one sweep call purges at most: bounds how long one script holds
+Redis (see lua/expire_sweep.lua)."""
 SWEEP_AUDIT = 10
 """Expiry-index entries per partition that each sweep samples for a vanished document hash: small,
-because every process sweeps every service several times a second, and the case is rare (an
+because every process sweeps every partition several times a second, and the case is rare (an
 operator's EXPIRE, or volatile-* eviction)."""
 STORING_SCRIPTS = frozenset({"doc_create", "doc_write"})
 """Scripts whose ``ok`` reply means Redis accepted a write that needs memory (see conditions.py)."""
@@ -98,6 +99,7 @@ class RedisStore:
         """PUBLISH on standalone Redis (the hub SUBSCRIBEs), SPUBLISH on a cluster."""
         self.purge_step = PURGE_STEP
         self.last_purged = 0
+        self.more_due = False
 
     async def detect_cluster(self) -> bool:
         """Connects the scripts and, if Redis is a cluster, switches to the cluster's ways (one slot
@@ -449,22 +451,30 @@ class RedisStore:
         return Document.from_reply(service_sid, reply[1:])
 
     async def sweep_expired(self, limit: int = 500) -> int:
-        """One sweep of every partition, all at once (see lua/expire_sweep.lua): due documents,
-        the sampled audit, and one bounded purge step (``purge_step``) of deleted services.
+        """One sweep of every partition (see lua/expire_sweep.lua): due documents, the sampled audit,
+        and a bounded purge step (``purge_step``) of deleted services.
 
-        64 calls whatever the number of services. Returns the number of documents removed (expired
-        or purged); ``last_purged`` keeps the purged ones of this sweep.
+        On standalone Redis one script call covers all partitions, within ``limit`` removals and
+        ``purge_step`` purges in all; on a cluster one call per partition (a script touches one slot),
+        each within those bounds. Either way the cost does not depend on the number of services.
+        Returns the number of documents removed (expired or purged); ``last_purged`` keeps the purged
+        ones, and ``more_due`` says whether a bound cut the sweep short (sweep again at once).
         """
 
-        async def one(partition: int) -> Any:
-            return await self._run(
-                "expire_sweep",
-                [keys.expiry(partition), keys.dead(partition)],
-                [keys.prefix(partition), "", self.publish_command, limit, SWEEP_AUDIT, self.purge_step],
-            )
+        async def one(group: list[int]) -> Any:
+            script_keys: list[str] = []
+            prefixes: list[str | int | bytes] = []
+            for p in group:
+                script_keys += [keys.expiry(p), keys.dead(p)]
+                prefixes.append(keys.prefix(p))
+            start = random.randrange(len(group)) + 1
+            args = ["", start, self.publish_command, limit, SWEEP_AUDIT, self.purge_step, *prefixes]
+            return await self._run("expire_sweep", script_keys, args)
 
-        counts = await asyncio.gather(*(one(p) for p in range(keys.PARTITIONS)), return_exceptions=True)
+        groups = self._groups(list(range(keys.PARTITIONS)))
+        counts = await asyncio.gather(*(one(g) for g in groups), return_exceptions=True)
         removed = purged = 0
+        more = False
         failure: BaseException | None = None
         for count in counts:
             if isinstance(count, BaseException):
@@ -475,7 +485,9 @@ class RedisStore:
             else:
                 removed += int(count[0])
                 purged += int(count[1])
+                more = more or count[2] == 1
         self.last_purged = purged
+        self.more_due = more
         if failure is not None:
             raise failure
         return removed + purged
