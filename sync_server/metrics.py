@@ -275,6 +275,41 @@ def hub_node(node: str) -> tuple[Value, Value]:
     return _HUB_CONNECTS.labels(node), _HUB_RESETS.labels(node)
 
 
+class NodeCounters:
+    """What the store's connection to one Redis node counts (``host:port``), bound once per node."""
+
+    __slots__ = ("connect_failures", "connects", "lost", "timeouts")
+
+    def __init__(self, node: str) -> None:
+        self.connects: Value = _STORE_CONNECTS.labels(node)
+        self.connect_failures: Value = _STORE_CONNECTION_ERRORS.labels(node, "connect")
+        self.lost: Value = _STORE_CONNECTION_ERRORS.labels(node, "lost")
+        self.timeouts: Value = _STORE_CONNECTION_ERRORS.labels(node, "timeout")
+
+
+_STORE_CONNECTS = _counter(
+    "sync_redis_connects_total",
+    "Connections the store's script connection made to a Redis node (the first, then each reconnect; "
+    "one node on a single Redis, each master on a cluster), by node",
+    ("node",),
+)
+_STORE_CONNECTION_ERRORS = _counter(
+    "sync_redis_connection_errors_total",
+    "Failures of the store's script connection to a Redis node, by node and kind (connect: no "
+    "connection could be made; lost: an open connection dropped; timeout: a reply came too late, "
+    "and the connection was dropped with it)",
+    ("node", "kind"),
+)
+_node_counters: dict[str, NodeCounters] = {}
+
+
+def store_node(node: str) -> NodeCounters:
+    found = _node_counters.get(node)
+    if found is None:
+        found = _node_counters[node] = NodeCounters(node)
+    return found
+
+
 # -- expiry --------------------------------------------------------------------------------------------
 
 SWEEP_DURATION: Final[Timing] = _histogram(

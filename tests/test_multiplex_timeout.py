@@ -13,11 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sync_server.app import create_app
 from sync_server.config import Settings
-from sync_server.store.multiplex import ConnectionLostError, MultiplexedRedis
+from sync_server.store.multiplex import CannotConnectError, ConnectionLostError, MultiplexedRedis
 from tests.support.processes import (
     TEST_ACCOUNT_SID,
     TEST_API_KEY_SECRET,
@@ -155,3 +156,49 @@ def test_the_timeout_setting_comes_from_sync_redis_timeout() -> None:
     assert Settings.from_env(TEST_CREDENTIALS_ENV).redis_timeout == 5.0
     assert Settings.from_env({**TEST_CREDENTIALS_ENV, "SYNC_REDIS_TIMEOUT": "0.25"}).redis_timeout == 0.25
     assert Settings.from_env({**TEST_CREDENTIALS_ENV, "SYNC_REDIS_TIMEOUT": "0"}).redis_timeout is None
+
+
+def node_sample(name: str, node: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, {"node": node, **labels})
+    return value or 0.0
+
+
+async def test_connects_and_failures_are_counted_per_node(own_redis: RedisProcess) -> None:
+    node = f"127.0.0.1:{own_redis.port}"
+    errors = "sync_redis_connection_errors_total"
+
+    def counts() -> tuple[float, ...]:
+        return (
+            node_sample("sync_redis_connects_total", node),
+            node_sample(errors, node, kind="timeout"),
+            node_sample(errors, node, kind="lost"),
+            node_sample(errors, node, kind="connect"),
+        )
+
+    before = counts()
+    connection = MultiplexedRedis({"host": "127.0.0.1", "port": own_redis.port}, timeout=TIMEOUT)
+    try:
+        assert await connection.execute("PING") == b"PONG"
+        stop(own_redis)
+        with pytest.raises(RedisTimeoutError):
+            await connection.execute("PING")
+        resume(own_redis)
+        assert await connection.execute("PING") == b"PONG"  # reconnected
+        # Redis drops the connection (as a restart or CLIENT KILL would): lost, then a reconnect.
+        killer = MultiplexedRedis({"host": "127.0.0.1", "port": own_redis.port})
+        try:
+            await killer.execute("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        finally:
+            await killer.aclose()
+        await asyncio.sleep(0.1)
+        assert await connection.execute("PING") == b"PONG"
+    finally:
+        await connection.aclose()
+    own_redis.stop()
+    dead = MultiplexedRedis({"host": "127.0.0.1", "port": own_redis.port})
+    with pytest.raises(CannotConnectError):
+        await dead.execute("PING")
+    after = counts()
+    # connects: this one's three and the killer's; a timeout, counted once (not also as lost);
+    # one loss; one refused connect. Closing on purpose counts nothing.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [4, 1, 1, 1]

@@ -39,6 +39,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sync_server import metrics
+
 CONNECT_TIMEOUT = 2.0
 DEFAULT_TIMEOUT = 5.0
 """Seconds a command may wait for its reply (the caller passes the configured value, see config.py)."""
@@ -116,7 +118,10 @@ def params_from_pool(pool: ConnectionPool) -> dict[str, Any]:
 
 
 class _RespProtocol(asyncio.Protocol):
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(self, timeout: float | None, counters: metrics.NodeCounters) -> None:
+        self.counters = counters
+        self.closing = False
+        """Set when this side closes the connection on purpose (not counted as lost)."""
         self.reader = hiredis.Reader()
         self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         # The reply deadline of each pending command (loop time), in the same order: replies come
@@ -152,6 +157,8 @@ class _RespProtocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not (self.lost or self.closing):
+            self.counters.lost.inc()
         self._fail_all(ConnectionLostError("Connection to Redis lost"))
         if self.timer is not None:
             self.timer.cancel()
@@ -211,6 +218,7 @@ class _RespProtocol(asyncio.Protocol):
         self.deadlines.popleft()
         if not late.done():
             late.set_exception(RedisTimeoutError(f"Redis did not answer within {self.timeout:g}s"))
+        self.counters.timeouts.inc()
         self._fail_all(ConnectionLostError("Connection to Redis dropped after a command timed out"))
         if self.transport is not None:
             self.transport.abort()
@@ -227,6 +235,10 @@ class MultiplexedRedis:
         self._ssl = ssl_context(params)
         self._protocol: _RespProtocol | None = None
         self._connecting: asyncio.Lock | None = None
+        address = self.address
+        self._counters = metrics.store_node(
+            f"unix:{params['path']}" if address is None else f"{address[0]}:{address[1]}"
+        )
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -275,12 +287,12 @@ class MultiplexedRedis:
             try:
                 if "path" in params:
                     connecting = loop.create_unix_connection(
-                        lambda: _RespProtocol(self._timeout), params["path"]
+                        lambda: _RespProtocol(self._timeout, self._counters), params["path"]
                     )
                 else:
                     host, port = params.get("host", "localhost"), int(params.get("port", 6379))
                     connecting = loop.create_connection(
-                        lambda: _RespProtocol(self._timeout),
+                        lambda: _RespProtocol(self._timeout, self._counters),
                         host,
                         port,
                         ssl=self._ssl,
@@ -288,6 +300,7 @@ class MultiplexedRedis:
                     )
                 _, protocol = await asyncio.wait_for(connecting, CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:  # ssl.SSLError (a failed verification) is an OSError
+                self._counters.connect_failures.inc()
                 raise CannotConnectError(f"Cannot connect to Redis: {exc}") from exc
             try:
                 if params.get("password"):
@@ -300,17 +313,22 @@ class MultiplexedRedis:
                     await protocol.send(pack_command(("SELECT", int(params["db"]))))
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 # Nothing of the caller's was sent yet: for the caller, this connection never was.
+                self._counters.connect_failures.inc()
+                protocol.closing = True
                 if protocol.transport is not None:
                     protocol.transport.abort()
                 raise CannotConnectError(f"Cannot connect to Redis: {exc}") from exc
             except ResponseError:
+                protocol.closing = True
                 if protocol.transport is not None:
                     protocol.transport.close()
                 raise
+            self._counters.connects.inc()
             self._protocol = protocol
             return protocol
 
     async def aclose(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.closing = True
             self._protocol.transport.close()
         self._protocol = None
