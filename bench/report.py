@@ -128,7 +128,7 @@ IDLE_GOAL = 100_000
 
 def project_idle_rss_gib(idle: dict[str, Any], subscribers: int = IDLE_GOAL) -> float:
     """The server's RSS with ``subscribers`` idle subscribers: its RSS before the run plus the
-    measured cost per subscriber (the cost is flat in the count: 1k, 10k and 19k agree)."""
+    measured cost per subscriber (flat in the count from 10,000 subscribers on)."""
     return float(idle["rss_before_kib"] + subscribers * idle["kib_per_subscriber"]) / 1024 / 1024
 
 
