@@ -21,7 +21,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -87,11 +87,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=BENCH_DIR / "results", help="results folder (default: bench/results)"
     )
+    parser.add_argument(
+        "--idle-sizes",
+        type=_sizes,
+        default=None,
+        help="comma-separated subscriber counts of the idle scenario (default 1000,10000; smoke 50)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     return args
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}")
+    return sizes
 
 
 def ensure_requirements(smoke: bool) -> None:
@@ -173,6 +189,8 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.plan = SMOKE if args.smoke else FULL
+        if args.idle_sizes:
+            self.plan = replace(self.plan, idle_sizes=args.idle_sizes)
         self.only = set(args.only.split(","))
         self.workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
         self.results: dict[str, Any] = {

@@ -104,10 +104,19 @@ def run_fanout(
     return {"design": label, "subscribers": n, "connect_ms": ready["connectMs"], "phases": result["phases"]}
 
 
+IDLE_SPARE_FILES = 200
+"""Descriptors a server process needs besides its connections (Redis, listening socket, files)."""
+PORTS_PER_ADDRESS = 25_000
+
+
 def run_idle(
     label: str, port: int, pids: list[int], n: int, log_dir: Path, settle: float = 2.0
 ) -> dict[str, Any]:
     """RSS added per connected, subscribed client, and the time to connect and subscribe them all."""
+    limit = procs.raise_fd_limit()
+    if n + IDLE_SPARE_FILES > limit:
+        # The server holds a descriptor per connection, and so does the fleet.
+        raise BenchError(f"idle {label} {n}: needs ~{n + IDLE_SPARE_FILES} open files, the limit is {limit}")
     before = procs.rss_kib(pids)
     config = {
         "mode": "idle",
@@ -115,6 +124,8 @@ def run_idle(
         "doc": f"idle-{n}",
         "n": n,
         "connectConcurrency": 256,
+        # One source address has ~28k ephemeral ports towards one server port: spread beyond that.
+        "localAddresses": [f"127.0.0.{i}" for i in range(1, 2 + n // PORTS_PER_ADDRESS)],
     }
     fleet = Fleet(config, log_dir).start()
     try:

@@ -19,17 +19,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from sync_server import errors, logs, metrics, redaction
 from sync_server.config import Settings
 from sync_server.documents import DocumentService
+from sync_server.gateway import WEBSOCKET_PROTOCOL
 from sync_server.gateway.auth import SocketAuthenticator
+from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.native import NativeEndpoint
 from sync_server.gateway.twilsock import TwilsockEndpoint
-from sync_server.hosts import HostPolicy, refuse
+from sync_server.hosts import HostPolicy, refusal, refuse
 from sync_server.hub import Hub
 from sync_server.rest import openapi
 from sync_server.rest.api import RestApi, RestConfig
@@ -47,7 +49,9 @@ REDIS_POOL_SIZE = 64
 
 class SyncApp:
     """The ASGI app: REST requests go straight to the REST API; everything else (lifespan, health,
-    websockets, static files) through Starlette's router.
+    static files) through Starlette's router. Websocket connections never reach it as ASGI: the
+    server's websocket protocol (gateway/uvicorn_ws.py) asks :meth:`websocket_endpoint` for the
+    endpoint of each handshake and runs the session itself.
 
     The REST API maps every error to Twilio's format itself, and adds its request id and access line
     (logs.py), so Starlette's middleware stack (about a tenth of a REST write's CPU) would add nothing
@@ -56,7 +60,7 @@ class SyncApp:
     """
 
     def __init__(
-        self, starlette: Starlette, rest: RestApi, sockets: dict[str, ASGIApp], hosts: HostPolicy
+        self, starlette: Starlette, rest: RestApi, sockets: dict[str, SocketEndpoint], hosts: HostPolicy
     ) -> None:
         self.starlette = starlette
         self.rest = rest
@@ -71,14 +75,22 @@ class SyncApp:
                 await self.rest(scope, receive, send)
             else:
                 await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await _no_asgi_websockets(scope, receive, send)
         elif kind != "lifespan" and not self.hosts.allows_scope(scope):
             await refuse(scope, receive, send)
-        elif kind == "websocket" and scope["path"] in self.sockets:
-            # Straight to the endpoint: every idle connection would otherwise keep Starlette's
-            # middleware and routing frames alive in its task (a few KiB each).
-            await self.sockets[scope["path"]](scope, receive, send)
         else:
             await self.starlette(scope, receive, send)
+
+    def websocket_endpoint(self, scope: Scope) -> SocketEndpoint:
+        """The endpoint of a websocket handshake (its Host checked first, as for HTTP); raises the
+        ``SyncError`` to answer the handshake with instead."""
+        if not self.hosts.allows_scope(scope):
+            raise refusal()
+        endpoint = self.sockets.get(scope["path"])
+        if endpoint is None:
+            raise errors.NotFoundError(f"The requested resource {scope['path']} was not found")
+        return endpoint
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """An HTTP request outside ``/v1`` (or refused for its Host), with its request id added to
@@ -106,6 +118,16 @@ class SyncApp:
             route = _route_template(scope)
             logs.log_access(scope, request_id, route, status, started)
             metrics.count_request(scope["method"], route, status, started)
+
+
+async def _no_asgi_websockets(scope: Scope, receive: Receive, send: Send) -> None:
+    """A websocket handshake that came as ASGI: the server runs without the gateway's protocol."""
+    log.error(
+        "websocket handshake for %s refused: the server must use %s (sync-server does)",
+        scope.get("path"),
+        WEBSOCKET_PROTOCOL,
+    )
+    await send({"type": "websocket.close", "code": 1011})
 
 
 def _route_template(scope: Scope) -> str | None:
@@ -203,9 +225,6 @@ def create_app(settings: Settings | None = None) -> SyncApp:
             Route("/healthz", healthz),
             Route("/openapi.json", openapi.endpoint(settings.limits.max_body_bytes, metrics=metrics.ENABLED)),
             *([Route("/metrics", metrics_endpoint)] if metrics.ENABLED else []),
-            WebSocketRoute("/ws", native),
-            # The official Twilio Sync JS SDK (Twilsock V3.0).
-            WebSocketRoute("/v3/wsconnect", twilsock),
             # The browser client and the demo page: public files, no data in them.
             Mount("/sdk", app=StaticFiles(directory=static_dir)),
             Route("/demo", demo),
@@ -214,7 +233,8 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         exception_handlers={404: not_found, 405: not_found},
     )
     app.state.store = store
-    sockets: dict[str, ASGIApp] = {"/ws": native, "/v3/wsconnect": twilsock}
+    # The native protocol, and the official Twilio Sync JS SDK's (Twilsock V3.0).
+    sockets: dict[str, SocketEndpoint] = {"/ws": native, "/v3/wsconnect": twilsock}
     return SyncApp(app, rest, sockets, HostPolicy(settings.allowed_hosts))
 
 

@@ -412,6 +412,7 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # here, so that `token` and `credentials` start fast
 
     from sync_server import workers
+    from sync_server.gateway import WEBSOCKET_PROTOCOL
     from sync_server.logs import log_config
 
     limits = Settings.from_env().limits
@@ -428,8 +429,8 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         http=_http_protocol(limits) if _importable("httptools") else "h11",
         h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_keep_alive=limits.keep_alive_timeout,
-        # uvicorn's sans-I/O websockets plus a direct write path for fan-out (gateway/uvicorn_ws.py).
-        ws="sync_server.gateway.uvicorn_ws:DirectWebSocketProtocol",
+        # Websockets served by a protocol object each, with a direct write path (gateway/uvicorn_ws.py).
+        ws=WEBSOCKET_PROTOCOL,
         ws_max_size=limits.max_frame_bytes,
         ws_ping_interval=limits.ping_interval,
         ws_ping_timeout=limits.ping_interval,

@@ -60,3 +60,16 @@ def test_every_adapter_goes_through_the_document_service() -> None:
     assert "sync_server.documents" in imports(PACKAGE / "gateway/session.py")
     for adapter in ("gateway/native.py", "gateway/twilsock.py"):
         assert "sync_server.gateway.session" in imports(PACKAGE / adapter), adapter
+
+
+def test_only_the_transport_knows_the_websocket_server() -> None:
+    """The session core and the protocol adapters are driven by callbacks and write through an
+    outbox; uvicorn and the websockets library are the transport's business (gateway/uvicorn_ws.py)."""
+    offenders = {
+        name: sorted(m for m in found if m.split(".")[0] in ("uvicorn", "websockets"))
+        for name, found in modules()
+        if name.startswith("gateway/")
+        and name != "gateway/uvicorn_ws.py"
+        and any(m.split(".")[0] in ("uvicorn", "websockets") for m in found)
+    }
+    assert offenders == {}

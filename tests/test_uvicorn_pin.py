@@ -1,10 +1,11 @@
-"""uvicorn is pinned to the releases whose internals the server subclasses; any other fails here, loudly.
+"""uvicorn is pinned to the releases whose internals the server relies on; any other fails here, loudly.
 
-``gateway/uvicorn_ws.py`` subclasses uvicorn's sans-I/O websocket protocol and ``http_protocol.py`` its
-httptools protocol; ``workers.py`` its worker supervisor. They override methods and read attributes
-that are not uvicorn's public API, so a release may rename them without notice. This pins the version
-range (``TESTED_UVICORN``, and pyproject.toml's requirement) and checks by introspection that what the
-subclasses rely on is still there, naming whatever is missing.
+``http_protocol.py`` subclasses uvicorn's httptools protocol and ``workers.py`` its worker supervisor;
+``gateway/uvicorn_ws.py`` is a websocket protocol of its own that uvicorn's HTTP protocols hand an
+upgraded connection to, and that reads uvicorn's config and server state. They override methods and
+read attributes that are not uvicorn's public API, so a release may rename them without notice. This
+pins the version range (``TESTED_UVICORN``, and pyproject.toml's requirement) and checks by
+introspection that what they rely on is still there, naming whatever is missing.
 """
 
 from __future__ import annotations
@@ -17,34 +18,28 @@ from typing import Any
 
 import uvicorn
 from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from uvicorn.server import ServerState
+from uvicorn.server import Server, ServerState
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from sync_server.gateway.uvicorn_ws import TESTED_UVICORN
 from tests.support.processes import REPO_ROOT
 
-WEBSOCKET_METHODS = (
-    "connection_made",
-    "connection_lost",
-    "pause_writing",
-    "resume_writing",
-    "handle_connect",
-    "send",
-    "shutdown",
-    "stop_keepalive",
+# How an HTTP protocol hands an upgrade to the websocket protocol class (gateway/uvicorn_ws.py).
+UPGRADE_SOURCE = (
+    "self.ws_protocol_class(",
+    "config=self.config",
+    "server_state=self.server_state",
+    "app_state=self.app_state",
+    "protocol.connection_made(self.transport)",
+    "protocol.data_received(",
+    "self.transport.set_protocol(protocol)",
 )
-WEBSOCKET_ATTRIBUTES = (
-    "close_sent",
-    "close_timer",
-    "conn",
-    "disconnected",
-    "handshake_complete",
-    "loop",
-    "queue",
-    "read_paused",
-)
+# The server's shutdown closes every connection, then waits for the tasks connections started.
+SHUTDOWN_SOURCE = ("connection.shutdown()", "self.server_state.tasks")
+WEBSOCKET_CONFIG = ("ws_max_size", "ws_ping_interval", "ws_ping_timeout", "loaded_app")
+SERVER_STATE = ("connections", "tasks", "default_headers")
 HTTP_METHODS = (
     "connection_made",
     "connection_lost",
@@ -64,7 +59,7 @@ CYCLE_ATTRIBUTES = ("self.keep_alive", "self.response_complete")
 SUPERVISOR_ATTRIBUTES = ("sockets", "should_exit", "terminate_all", "handle_int", "handle_term")
 
 UPGRADE_ADVICE = (
-    "the gateway subclasses uvicorn internals (gateway/uvicorn_ws.py, http_protocol.py, workers.py): "
+    "the server relies on uvicorn internals (gateway/uvicorn_ws.py, http_protocol.py, workers.py): "
     "run the whole suite on the new release, fix what breaks, then widen TESTED_UVICORN and the "
     "uvicorn requirement in pyproject.toml together"
 )
@@ -100,16 +95,26 @@ def test_pyproject_pins_the_tested_range() -> None:
     assert requirement == expected, f"pyproject.toml has {requirement!r}, TESTED_UVICORN says {expected!r}"
 
 
-async def test_what_the_subclasses_rely_on_exists() -> None:
-    config = Config(asgi_app, ws="websockets-sansio")
+def absent(source: str, needles: tuple[str, ...]) -> list[str]:
+    return [needle for needle in needles if needle not in source]
+
+
+async def test_what_the_server_relies_on_exists() -> None:
+    config = Config(asgi_app, ws="sync_server.gateway.uvicorn_ws:WebSocketConnection")
     config.load()
     loop = asyncio.get_running_loop()
-    websocket = WebSocketsSansIOProtocol(config, ServerState(), {}, loop)
     http = HttpToolsProtocol(config, ServerState(), {}, loop)
     cycle_source = inspect.getsource(RequestResponseCycle)
     gaps = {
-        "WebSocketsSansIOProtocol methods": missing(WebSocketsSansIOProtocol, WEBSOCKET_METHODS),
-        "WebSocketsSansIOProtocol attributes": missing(websocket, WEBSOCKET_ATTRIBUTES),
+        "HttpToolsProtocol.handle_websocket_upgrade": absent(
+            inspect.getsource(HttpToolsProtocol.handle_websocket_upgrade), UPGRADE_SOURCE
+        ),
+        "H11Protocol.handle_websocket_upgrade": absent(
+            inspect.getsource(H11Protocol.handle_websocket_upgrade), UPGRADE_SOURCE
+        ),
+        "Server.shutdown": absent(inspect.getsource(Server.shutdown), SHUTDOWN_SOURCE),
+        "Config attributes": missing(config, WEBSOCKET_CONFIG),
+        "ServerState attributes": missing(ServerState(), SERVER_STATE),
         "HttpToolsProtocol methods": missing(HttpToolsProtocol, HTTP_METHODS),
         "HttpToolsProtocol attributes": missing(http, HTTP_ATTRIBUTES),
         "RequestResponseCycle attributes": [a for a in CYCLE_ATTRIBUTES if a not in cycle_source],

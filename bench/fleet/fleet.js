@@ -52,10 +52,13 @@ class Client {
 
   connect() {
     return new Promise((resolve, reject) => {
+      const local = cfg.localAddresses;
       const ws = new WebSocket(cfg.url, {
         perMessageDeflate: false,
         headers: cfg.auth ? {Authorization: cfg.auth} : {},
         handshakeTimeout: 20000,
+        // Spread over source addresses when one address's ephemeral ports would not be enough.
+        ...(local && local.length > 1 && this.index >= 0 ? {localAddress: local[this.index % local.length]} : {}),
       });
       this.ws = ws;
       ws.on('open', () => { this.open = true; resolve(this); });

@@ -14,8 +14,7 @@ import logging
 from typing import Any
 
 import orjson
-from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.types import Scope
 
 from protocol import (
     CloseCode,
@@ -48,8 +47,9 @@ from sync_server import errors
 from sync_server.dates import format_optional, format_timestamp
 from sync_server.documents import Document
 from sync_server.events import DocumentEvent
-from sync_server.gateway.endpoint import SocketEndpoint
+from sync_server.gateway.endpoint import Refused, SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
+from sync_server.gateway.outbox import Outbox
 from sync_server.gateway.session import Session
 from sync_server.tokens import AccessTokenExpired
 from sync_server.validation import normalize_revision
@@ -71,28 +71,24 @@ def wire_code(error: errors.SyncError) -> int:
 
 
 class NativeEndpoint(SocketEndpoint):
-    """The ASGI app of ``/ws``."""
+    """The endpoint of ``/ws``: the handshake carries the credentials."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        websocket = WebSocket(scope, receive, send)
+    def open(self, scope: Scope, outbox: Outbox) -> Session:
         try:
             auth = self.authenticator.authenticate(scope)
         except errors.SyncError as exc:
-            # Accept first: browsers cannot read the status of a refused handshake, only a close code.
-            await websocket.accept()
-            await websocket.close(code=close_code_for(exc), reason=exc.message[:120])
-            return
-        await websocket.accept()
-        session = NativeSession(websocket, self)
+            raise Refused(close_code_for(exc), exc.message[:120]) from None
+        session = NativeSession(outbox, self)
         session.authenticated(auth)
-        await session.run()
+        return session
 
 
 class NativeSession(Session):
+    __slots__ = ("limiter",)
     protocol_name = "native"
 
-    def __init__(self, websocket: WebSocket, endpoint: SocketEndpoint) -> None:
-        super().__init__(websocket, endpoint)
+    def __init__(self, outbox: Outbox, endpoint: SocketEndpoint) -> None:
+        super().__init__(outbox, endpoint)
         rate = self.limits.max_commands_per_second
         # Over this soft limit a command is refused (54009); far over it (the session core's limit)
         # the connection is closed.

@@ -1,10 +1,17 @@
 """What every websocket session does, whatever its wire protocol: the session core.
 
-A :class:`Session` owns one connection's receive loop, its bounded outbox, its subscriptions, the
-far-over-the-limit rate check, the token timers and token renewal, and the cleanup when the
-connection ends. A protocol adapter (``native.py``, ``twilsock.py``) subclasses it and supplies only
-its wire: :meth:`Session.handle` decodes and dispatches one frame, and a few hooks encode what the
-core has to say (an event, a token warning, an expiry, a revoked subscription).
+A :class:`Session` owns one connection's frame order, its subscriptions, the far-over-the-limit rate
+check, the token timers and token renewal, and the cleanup when the connection ends. A protocol
+adapter (``native.py``, ``twilsock.py``) subclasses it and supplies only its wire: :meth:`Session.handle`
+decodes and dispatches one frame, and a few hooks encode what the core has to say (an event, a token
+warning, an expiry, a revoked subscription).
+
+The session is driven by its connection (``uvicorn_ws.py``) through three calls: :meth:`Session.start`
+once the handshake is answered, :meth:`Session.receive` for each frame in arrival order, and
+:meth:`Session.end` once the connection closes. An idle session holds no task: frames are served one
+at a time, in order, by a task that exists only while a frame is waiting or being served (reading from
+the client is paused meanwhile), and the cleanup runs in a task only when it has subscriptions to
+release.
 
 Ordering rule for subscriptions: events of a new subscription are held until the client has its
 subscribe answer. :meth:`Session.subscribe_then` enforces it: it subscribes, then calls the
@@ -15,25 +22,29 @@ adapter's synchronous ``answer`` (which writes the reply), then releases the hel
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar
-
-from starlette.websockets import WebSocket
+from typing import TYPE_CHECKING, ClassVar
 
 from protocol import CloseCode, RateLimiter
 from sync_server import errors, metrics
 from sync_server.documents import Document
 from sync_server.events import DocumentEvent
 from sync_server.gateway.auth import Authenticated
-from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame
-from sync_server.gateway.outbox import outbox_for
+from sync_server.gateway.outbox import Outbox
 from sync_server.gateway.subscriptions import Subscriptions
 from sync_server.principal import Principal
 from sync_server.tokens import AccessGrant, InvalidAccessTokenIssuer
+
+if TYPE_CHECKING:
+    from sync_server.gateway.endpoint import SocketEndpoint
+
+log = logging.getLogger(__name__)
 
 TOKEN_WARNING_SECONDS = 180
 """How long before its token expires a client is warned (Twilio's ``tokenAboutToExpire`` lead)."""
@@ -52,19 +63,42 @@ class Session:
     protocol_name: ClassVar[str]
     """Names the protocol in each event's frame cache (one encoding per event and protocol)."""
 
-    def __init__(self, websocket: WebSocket, endpoint: SocketEndpoint) -> None:
+    __slots__ = (
+        "_ended",
+        "_hard_limiter",
+        "_hub",
+        "_inbox",
+        "_receive_timer",
+        "_serving",
+        "_subscriptions",
+        "_tally",
+        "_timers",
+        "_token_timers",
+        "auth",
+        "authenticator",
+        "documents",
+        "endpoint_id",
+        "limits",
+        "outbox",
+    )
+
+    def __init__(self, outbox: Outbox, endpoint: SocketEndpoint) -> None:
         limits = endpoint.limits
-        self.websocket = websocket
+        self.outbox = outbox
         self.documents = endpoint.documents
         self.authenticator = endpoint.authenticator
         self.limits = limits
         self.endpoint_id = new_endpoint_id()
-        self.outbox = outbox_for(websocket, limits.max_buffered_bytes)
         self.auth: Authenticated | None = None
         self._hub = endpoint.hub
         self._subscriptions: Subscriptions | None = None
-        self._timers: list[asyncio.TimerHandle] = []
-        self._token_timers: list[asyncio.TimerHandle] = []
+        # Timers and the frame queue exist only while needed: most connections sit idle for hours.
+        self._timers: list[asyncio.TimerHandle] | None = None
+        self._token_timers: list[asyncio.TimerHandle] | None = None
+        self._receive_timer: asyncio.TimerHandle | None = None
+        self._inbox: collections.deque[str | bytes] | None = None
+        self._serving = False
+        self._ended = False
         rate = limits.max_commands_per_second * 2
         # Far over the command rate, the connection is closed (4429). It counts requests, not
         # frames: one Twilsock frame may carry a batch of subscriptions.
@@ -130,37 +164,85 @@ class Session:
         )
         self._schedule_token_timers()
 
-    # -- the loop -----------------------------------------------------------------------------------
+    # -- driven by the connection -------------------------------------------------------------------
 
-    async def run(self) -> None:
-        open_now = metrics.connections_open(self.protocol_name)
-        open_now.inc()
+    def start(self) -> None:
+        """The handshake has been answered: the session counts as open and greets the client."""
+        metrics.connections_open(self.protocol_name).inc()
         self.on_started()
-        try:
-            while not self.outbox.closed:
-                try:
-                    message = await asyncio.wait_for(self.websocket.receive(), self.receive_timeout())
-                except TimeoutError:
-                    self.on_receive_timeout()
-                    break
-                if message["type"] == "websocket.disconnect":
-                    break
-                data = message.get("bytes")
-                if data is None:
-                    data = message.get("text")
-                if data is None:
-                    continue
-                if len(data) > self.limits.max_frame_bytes:
-                    self.outbox.close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
-                    break
-                await self.handle(data)
-        finally:
-            for timer in self._timers + self._token_timers:
+        self._await_frame()
+
+    def receive(self, data: str | bytes) -> None:
+        """One frame from the client, in arrival order; served after the frames before it."""
+        if self._ended or self.outbox.closed:
+            return
+        if self._receive_timer is not None:
+            self._receive_timer.cancel()
+            self._receive_timer = None
+        if len(data) > self.limits.max_frame_bytes:
+            self.outbox.close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
+            return
+        if self._inbox is None:
+            self._inbox = collections.deque()
+        self._inbox.append(data)
+        if self._serving:
+            # One frame is served at a time; the client waits (TCP backpressure) until this one is.
+            self.outbox.pause_reading()
+            return
+        self._serving = True
+        self.outbox.start_task(self._serve_frames())
+
+    def end(self) -> None:
+        """The connection is closing or closed: no further frame is served, timers stop, and the
+        subscriptions are released (after the frame being served, if any, is done)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._inbox is not None:
+            self._inbox.clear()
+        for timers in (self._timers, self._token_timers):
+            for timer in timers or ():
                 timer.cancel()
-            if self._subscriptions is not None:
-                await self._subscriptions.close()
-            await self.outbox.aclose()
-            open_now.dec()
+        if self._receive_timer is not None:
+            self._receive_timer.cancel()
+            self._receive_timer = None
+        if not self._serving:
+            self._release()
+
+    async def _serve_frames(self) -> None:
+        inbox = self._inbox
+        try:
+            while inbox and not self._ended and not self.outbox.closed:
+                await self.handle(inbox.popleft())
+        except Exception:  # handle() answers bad input itself: this is a bug
+            log.exception("websocket session failed")
+            self.outbox.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._serving = False
+            self._inbox = None
+            if self._ended:
+                self._release()
+            elif not self.outbox.closed:
+                self.outbox.resume_reading()
+                self._await_frame()
+
+    def _await_frame(self) -> None:
+        timeout = self.receive_timeout()
+        if timeout is not None and not self.outbox.closed:
+            loop = asyncio.get_running_loop()
+            self._receive_timer = loop.call_later(timeout, self._receive_timed_out)
+
+    def _receive_timed_out(self) -> None:
+        self._receive_timer = None
+        self.on_receive_timeout()
+        # The session ends with the wait, whatever the adapter did.
+        self.outbox.close(CloseCode.POLICY_VIOLATION, "no frame in time")
+
+    def _release(self) -> None:
+        metrics.connections_open(self.protocol_name).dec()
+        subscriptions = self._subscriptions
+        if subscriptions is not None and len(subscriptions):
+            self.outbox.start_task(subscriptions.close())
 
     def allow_requests(self, count: int = 1) -> bool:
         """Counts ``count`` requests; far over the limit the connection is closed (4429)."""
@@ -170,8 +252,11 @@ class Session:
         return False
 
     def close_later(self, code: int, reason: str, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._timers.append(loop.call_later(delay, self.outbox.close, code, reason))
+        if self._ended:
+            return
+        if self._timers is None:
+            self._timers = []
+        self._timers.append(asyncio.get_running_loop().call_later(delay, self.outbox.close, code, reason))
 
     # -- subscriptions ------------------------------------------------------------------------------
 
@@ -230,17 +315,19 @@ class Session:
         return fresh.grant
 
     def _schedule_token_timers(self) -> None:
-        for timer in self._token_timers:
+        for timer in self._token_timers or ():
             timer.cancel()
-        self._token_timers.clear()
+        self._token_timers = None
         grant = None if self.auth is None else self.auth.grant
-        if grant is None:
+        if grant is None or self._ended:
             return
         loop = asyncio.get_running_loop()
         remaining = grant.expires_at - time.time()
         warn_in = max(0.0, remaining - TOKEN_WARNING_SECONDS)
-        self._token_timers.append(loop.call_later(warn_in, self._warn_token, grant.expires_at))
-        self._token_timers.append(loop.call_later(max(0.0, remaining), self._expire_token))
+        self._token_timers = [
+            loop.call_later(warn_in, self._warn_token, grant.expires_at),
+            loop.call_later(max(0.0, remaining), self._expire_token),
+        ]
 
     def _warn_token(self, expires_at: int) -> None:
         self.on_token_expiring(max(0, int(expires_at - time.time())))

@@ -16,6 +16,7 @@ delivery: the check is the subscribe's own read (atomic with the read right in t
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,18 @@ class _Subscription:
 class Subscriptions:
     """Implements :class:`sync_server.hub.Subscriber` for one connection."""
 
+    __slots__ = (
+        "_by_sid",
+        "_deliver",
+        "_documents",
+        "_hub",
+        "_limit",
+        "_on_overflow",
+        "_on_revoked",
+        "_principal",
+        "_releasing",
+    )
+
     def __init__(
         self,
         hub: Hub,
@@ -63,7 +76,8 @@ class Subscriptions:
         self._on_overflow = on_overflow
         self._on_revoked = on_revoked
         self._by_sid: dict[str, _Subscription] = {}
-        self._releasing: set[asyncio.Task[None]] = set()
+        # Made when first needed: an idle connection holds no set for it.
+        self._releasing: set[asyncio.Task[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._by_sid)
@@ -114,6 +128,8 @@ class Subscriptions:
     def _release(self, sub: _Subscription) -> None:
         # on_event is synchronous, so the hub is left in a task; the set keeps it referenced.
         task = asyncio.get_running_loop().create_task(self._hub.unsubscribe(sub.channel, self))
+        if self._releasing is None:
+            self._releasing = set()
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
@@ -141,7 +157,9 @@ class Subscriptions:
             raise errors.TooManySubscriptions(
                 f"Too many subscriptions on this connection (limit {self._limit})"
             )
-        channel = self._hub.document_channel(self._principal.service_sid, sid)
+        # Interned: the subscribers of one document share one copy of its SID and channel name.
+        sid = sys.intern(sid)
+        channel = sys.intern(self._hub.document_channel(self._principal.service_sid, sid))
         sub = _Subscription(sid, None, channel)
         self._by_sid[sid] = sub
         metrics.SUBSCRIPTIONS_OPEN.inc()
@@ -153,7 +171,7 @@ class Subscriptions:
                 metrics.SUBSCRIPTIONS_OPEN.dec()
             await self._hub.unsubscribe(channel, self)
             raise
-        sub.unique_name = snapshot.unique_name
+        sub.unique_name = None if snapshot.unique_name is None else sys.intern(snapshot.unique_name)
         sub.revision = snapshot.revision
         return snapshot
 

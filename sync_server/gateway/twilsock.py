@@ -16,8 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.types import Scope
 
 from protocol import CloseCode
 from sync_server import errors
@@ -27,6 +26,7 @@ from sync_server.gateway import twilsock_codec as codec
 from sync_server.gateway import twilsock_routes as routes
 from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.frames import OutFrame, out_frame
+from sync_server.gateway.outbox import Outbox
 from sync_server.gateway.session import Session, SubscribeResult
 from sync_server.principal import Principal
 
@@ -45,19 +45,18 @@ After = Callable[[], None]
 
 
 class TwilsockEndpoint(SocketEndpoint):
-    """The ASGI app of ``/v3/wsconnect``."""
+    """The endpoint of ``/v3/wsconnect``: the token comes later, in the ``init`` frame."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        websocket = WebSocket(scope, receive, send)
-        await websocket.accept()
-        await TwilsockSession(websocket, self).run()
+    def open(self, scope: Scope, outbox: Outbox) -> Session:
+        return TwilsockSession(outbox, self)
 
 
 class TwilsockSession(Session):
+    __slots__ = ("refused",)
     protocol_name = "twilsock"
 
-    def __init__(self, websocket: WebSocket, endpoint: SocketEndpoint) -> None:
-        super().__init__(websocket, endpoint)
+    def __init__(self, outbox: Outbox, endpoint: SocketEndpoint) -> None:
+        super().__init__(outbox, endpoint)
         self.refused = False
 
     # -- frames out -------------------------------------------------------------------------------
