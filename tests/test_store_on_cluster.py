@@ -34,8 +34,8 @@ class ClusterScripts:
         self.calls = 0
 
     async def command(self, key: str, *args: str | int | bytes) -> Any:
-        """A plain command, routed by redis-py by its keys (here only DEL and ZREM, whose integer
-        replies redis-py leaves as Redis sent them)."""
+        """A plain command, routed by redis-py by its keys (here only DEL, ZREM and SCARD, whose
+        integer replies redis-py leaves as Redis sent them)."""
         return await self.client.execute_command(*args)
 
     async def run(self, name: str, keys_: list[str], args: list[str | int | bytes]) -> Any:
@@ -103,18 +103,17 @@ async def test_the_scripts_run_on_a_cluster_one_slot_each(healthy_cluster: Clust
             after = page.last_cursor
         assert seen == created
 
+        # Another process may sweep the session's cluster too (a server of another test module): what
+        # must hold is that the entries go, whoever sweeps them.
         expiring = await store.create_document(who, "brief", b"{}", 3600)
         await cluster.pexpire(keys.document_key(service, expiring.sid), 1)
         await asyncio.sleep(0.05)
-        removed = 0
+        entry = keys.index(keys.sid_partition(expiring.sid), service)
         for _ in range(40):
-            removed += await store.sweep_expired()
-            if (
-                await cluster.zscore(keys.index(keys.sid_partition(expiring.sid), service), expiring.sid)
-                is None
-            ):
+            await store.sweep_expired()
+            if await cluster.zscore(entry, expiring.sid) is None:
                 break
-        assert removed >= 1
+        assert await cluster.zscore(entry, expiring.sid) is None
 
         await store.delete_service(service)
         with pytest.raises(errors.ServiceNotFound):
@@ -123,8 +122,11 @@ async def test_the_scripts_run_on_a_cluster_one_slot_each(healthy_cluster: Clust
         for _ in range(5):
             await store.sweep_expired()
             purged += store.last_purged
-        assert purged == 60
-        assert await cluster.exists(*(keys.document_key(service, sid) for sid in created[:10])) == 0
+            if not await store.purging():
+                break
+        assert not await store.purging()
+        assert 0 < purged <= 60
+        assert await cluster.exists(*(keys.document_key(service, sid) for sid in created)) == 0
     finally:
         await cluster.aclose()
 

@@ -6,8 +6,9 @@ test and, before and after it, restarts any node a previous test killed and wait
 healthy with every master replicated again, so fault tests can share the session's cluster: ask for
 ``healthy_cluster`` in a test that kills nodes, for ``redis_cluster`` when it does not matter. Neither
 flushes data: give each test its own keys (or call ``flushall()``). ``cluster_server`` is a real server
-process on that cluster for the whole session (pointed at one node's URL, as a user would). All are
-imported by conftest.py.
+process on that cluster (pointed at one node's URL, as a user would), one per test module: its sweeper
+stops with the module, so tests elsewhere that sweep the cluster themselves see only their own work.
+All are imported by conftest.py.
 
 The binary is the one the other tests run (``$SYNC_REDIS_SERVER``, else ``redis-server``, else the bundled
 ``valkey-server``).
@@ -42,7 +43,7 @@ def healthy_cluster(redis_cluster: ClusterProcesses) -> Iterator[ClusterProcesse
     redis_cluster.heal()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster_server(
     redis_cluster: ClusterProcesses, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
