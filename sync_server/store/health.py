@@ -44,8 +44,6 @@ Memory = dict[str, str] | None
 
 async def check(connection: MultiplexedRedis | ClusterRouter, conditions: ConditionLog) -> Health:
     """The store's health, read through the scripts' ``connection`` (see the module docstring)."""
-    nodes: list[MultiplexedRedis]
-    clustered = isinstance(connection, ClusterRouter)
     if isinstance(connection, ClusterRouter):
         try:
             await connection.refresh()
@@ -53,35 +51,35 @@ async def check(connection: MultiplexedRedis | ClusterRouter, conditions: Condit
             return Health("unavailable", UNREACHABLE)
         if not connection.serves_every_slot():
             return Health("degraded", CONDITIONS["CLUSTERDOWN"].detail)
-        nodes = connection.masters()
+        nodes = {_name(node): node for node in connection.masters()}
     else:
-        nodes = [connection]
-    replies = await asyncio.gather(*(_memory_info(node) for node in nodes), return_exceptions=True)
-    memories: list[tuple[str, Memory]] = []
+        nodes = {"": connection}
+    replies = await asyncio.gather(*(_memory_info(node) for node in nodes.values()), return_exceptions=True)
+    memories: dict[str, Memory] = {}
     unreachable: list[str] = []
-    for node, reply in zip(nodes, replies, strict=True):
-        where = _name(node) if clustered else ""
-        if isinstance(reply, RedisError):
-            condition = condition_of(reply)
-            if condition is not None:
-                return Health("degraded", condition.detail + where)
-            if not isinstance(reply, RedisConnectionError | RedisTimeoutError):
-                raise reply
-            unreachable.append(where)
-        elif isinstance(reply, OSError):
+    for where, reply in zip(nodes, replies, strict=True):
+        condition = condition_of(reply) if isinstance(reply, RedisError) else None
+        if condition is not None:
+            return Health("degraded", condition.detail + where)
+        if isinstance(reply, RedisConnectionError | RedisTimeoutError | OSError):
             unreachable.append(where)
         elif isinstance(reply, BaseException):
             raise reply
         else:
-            memories.append((where, reply))
+            memories[where] = reply
     if unreachable:
         if len(unreachable) == len(nodes):
             return Health("unavailable", UNREACHABLE)
         return Health("degraded", UNREACHABLE + unreachable[0])
+    return _judged(memories, conditions)
+
+
+def _judged(memories: dict[str, Memory], conditions: ConditionLog) -> Health:
+    """Every node answered: out of memory by INFO (or by replies, without INFO), then the rest."""
     conditions.answered()
     recent = conditions.recent()
     oom_seen = CONDITIONS["OOM"] in recent
-    for where, memory in memories:
+    for where, memory in memories.items():
         if _out_of_memory(memory, oom_seen=oom_seen) if memory is not None else oom_seen:
             return Health("degraded", CONDITIONS["OOM"].detail + where)
     conditions.clear("OOM")
