@@ -93,9 +93,8 @@ async def migrate(store: RedisStore, limit: int | None = None) -> Report:
         for sid, sequence in rows:
             if limit is not None and report.migrated >= limit:
                 return report
-            if await store._command(
-                keys.document_key(service, sid), "EXISTS", keys.document_key(service, sid)
-            ):
+            new_key = keys.document_key(service, sid)
+            if await store._command(new_key, "EXISTS", new_key):
                 report.skipped += 1
                 continue
             if await _migrate_document(store, service, sid, sequence):
