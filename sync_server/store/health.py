@@ -54,7 +54,7 @@ async def check(connection: MultiplexedRedis | ClusterRouter, conditions: Condit
         nodes = {_name(node): node for node in connection.masters()}
     else:
         nodes = {"": connection}
-    replies = await asyncio.gather(*(_memory_info(node) for node in nodes.values()), return_exceptions=True)
+    replies = await _each(list(nodes.values()))
     memories: dict[str, Memory] = {}
     unreachable: list[str] = []
     for where, reply in zip(nodes, replies, strict=True):
@@ -87,6 +87,17 @@ def _judged(memories: dict[str, Memory], conditions: ConditionLog) -> Health:
     if others:
         return Health("degraded", others[0].detail)
     return Health("ok")
+
+
+async def _each(nodes: list[MultiplexedRedis]) -> list[Memory | BaseException]:
+    """Every node's ``INFO memory`` (or its error), all at once. A single node is awaited directly:
+    a task per call would cost event-loop turns, which a loop busy with other clients makes slow."""
+    if len(nodes) == 1:
+        try:
+            return [await _memory_info(nodes[0])]
+        except Exception as exc:  # classified by the caller, as gather's return_exceptions would
+            return [exc]
+    return await asyncio.gather(*(_memory_info(node) for node in nodes), return_exceptions=True)
 
 
 async def _memory_info(node: MultiplexedRedis) -> Memory:
