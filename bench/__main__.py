@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs, report
+from bench.cluster import SMOKE_PLAN as CLUSTER_SMOKE
+from bench.cluster import ClusterPlan, run_cluster
 from bench.fanout import FanoutPlan, run_expiry, run_fanout, run_idle, run_recovery
 from bench.fleet_process import FLEET_DIR, BenchError, npm_install
 from bench.rest import RestPlan, run_rest
 from bench.sharedb import SHARED_PEER, peer_available, prepare_peer, run_sharedb
 
 BENCH_DIR = Path(__file__).resolve().parent
-SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry")
+SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry", "cluster")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Plan:
     recovery_rate: int
     expiry_documents: int
     expiry_ttl: tuple[int, int]
+    cluster: ClusterPlan
 
 
 FULL = Plan(
@@ -57,6 +60,7 @@ FULL = Plan(
     recovery_rate=20,
     expiry_documents=1000,
     expiry_ttl=(3, 5),
+    cluster=ClusterPlan(),
 )
 SMOKE = Plan(
     rest=RestPlan(seconds=1, connections=8, documents=50, workers=(1,), redis_requests=2000),
@@ -67,6 +71,7 @@ SMOKE = Plan(
     recovery_rate=20,
     expiry_documents=20,
     expiry_ttl=(1, 2),
+    cluster=CLUSTER_SMOKE,
 )
 
 
@@ -232,6 +237,11 @@ class Runner:
                 self.results["recovery"] = self.step("recovery", lambda: self.recovery(redis))
             if "expiry" in self.only:
                 self.results["expiry"] = self.step("expiry", lambda: self.expiry(redis))
+            if "cluster" in self.only:
+                # Its own single Redis and cluster, fresh: idle CPU is measured on empty stores.
+                self.results["cluster"] = self.step(
+                    "Redis Cluster vs a single Redis", lambda: run_cluster(self.plan.cluster, self.workdir)
+                )
             if self.args.profile:
                 self.results["profiles"] = self.step("py-spy profiles", lambda: self.profiles(redis))
         finally:

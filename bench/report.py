@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import cluster
+
 # (description, measured value, limit, True when the value must stay at or under the limit)
 Target = tuple[str, float | None, float, bool]
 
@@ -97,6 +99,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 False,
             )
         )
+    found += cluster.targets(results.get("cluster"))
     ours = [i for i in results.get("idle", []) if i.get("design", "sync-server") == "sync-server"]
     for idle in ours:
         found.append(
@@ -287,6 +290,8 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("fanout"):
         lines += _fanout_section(results)
     lines += _other_sections(results)
+    if results.get("cluster"):
+        lines += cluster.markdown(results["cluster"])
     found = targets(results)
     if found:
         rows = [_row(target[0], _fmt(target[1], 2), verdict(target)) for target in found]

@@ -29,12 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
 
 from sync_server.config import DEFAULT_DATA_DIR, METRICS_AUTH_VALUES, Limits, Settings
 from sync_server.credentials import CREDENTIALS_FILE, Credentials, CredentialsError, resolve_credentials
 from sync_server.embedded import PERSISTENT_ARGS, RedisNotFoundError, RedisProcess, RedisStartError
 from sync_server.embedded_record import ServerInfo, embedded_server, start_recorded
-from sync_server.errors import SyncError
+from sync_server.errors import StoreFull, SyncError, UnavailableError
 from sync_server.hosts import ANY, invalid_patterns, parse_allowed_hosts
 from sync_server.store.migrate import migrate_url
 from sync_server.tokens import MAX_TOKEN_LIFETIME, mint_access_token
@@ -277,13 +278,24 @@ def run_migration(args: argparse.Namespace) -> int:
             embedded = embedded_server(data_dir / "redis", args.redis_server)
             redis = RedisProcess(data_dir / "redis", args=PERSISTENT_ARGS, binary=embedded.path)
             redis_url = stack.push(start_recorded(redis, embedded)).url
-        report = asyncio.run(migrate_url(redis_url, args.limit))
+        try:
+            report = asyncio.run(migrate_url(redis_url, args.limit))
+        except (UnavailableError, StoreFull) as exc:
+            raise CliError(f"migrate: Redis at {_address(redis_url)}: {exc}") from None
     state = "complete" if report.complete else "stopped by --limit; run it again to go on"
     print(
         f"{PROG} migrate: {report.services} services, {report.migrated} documents migrated, "
         f"{report.skipped} already migrated: {state}"
     )
     return 0 if report.complete else 3
+
+
+def _address(redis_url: str) -> str:
+    """Where ``redis_url`` points, without its credentials (a single Redis or any cluster node)."""
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname}:{parts.port or 6379}"
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:

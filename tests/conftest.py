@@ -16,7 +16,11 @@ from redis.asyncio import Redis
 from sync_server.app import create_app
 from sync_server.config import Settings
 from sync_server.store.redis_store import RedisStore
-from tests.support.cluster_fixtures import healthy_cluster, redis_cluster  # noqa: F401 (fixtures)
+from tests.support.cluster_fixtures import (  # noqa: F401 (fixtures)
+    cluster_server,
+    healthy_cluster,
+    redis_cluster,
+)
 from tests.support.processes import (
     TEST_ACCOUNT_SID,
     TEST_API_KEY_SECRET,

@@ -114,6 +114,12 @@ def test_port_in_use(tmp_path: Path) -> None:
     assert_clean_failure(result, 1, f"cannot listen on 127.0.0.1:{port}")
 
 
+def test_migrate_names_a_redis_it_cannot_reach_without_its_password() -> None:
+    result = run_cli("migrate", "--redis-url", f"redis://user:hunter2@127.0.0.1:{free_port()}/0")
+    assert_clean_failure(result, 1, "migrate: Redis at 127.0.0.1:")
+    assert "hunter2" not in result.stderr
+
+
 def test_missing_redis_binary(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-redis-here")
     expected = (

@@ -1,7 +1,8 @@
 """``sync-server migrate``: a store written by the first key layout's own scripts (kept verbatim in
 tests/fixtures/layout1) is served after the migration exactly as it was: same SIDs, names, revisions,
 data, dates, TTLs and permissions, in the same order. Re-running changes nothing; a run stopped
-halfway (``--limit``) is resumed; a server refuses to start on an unmigrated store."""
+halfway (``--limit``) is resumed; a server refuses to start on an unmigrated store. All of it on a single
+Redis and on a Redis Cluster (the first layout's scripts ran there too: each kept to one service's slot)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -17,7 +18,8 @@ import redis as redis_sync
 
 from sync_server.ids import new_sid
 from sync_server.store import keys
-from tests.support.processes import RedisProcess, ServerProcess, run_cli, start_redis
+from tests.support.cluster import ClusterProcesses
+from tests.support.processes import ServerProcess, run_cli, start_redis
 
 OLD_SCRIPTS = Path(__file__).parent / "fixtures" / "layout1"
 
@@ -29,7 +31,7 @@ def old_script(name: str) -> str:
 class OldStore:
     """Writes data as the first layout's store did: its scripts, its arguments."""
 
-    def __init__(self, client: redis_sync.Redis) -> None:
+    def __init__(self, client: redis_sync.Redis | redis_sync.RedisCluster) -> None:
         self.client = client
 
     def run(self, name: str, keys_: list[str], args: list[Any]) -> Any:
@@ -66,18 +68,35 @@ class OldStore:
         assert reply[0] == b"ok", reply
 
 
-@pytest.fixture(scope="module")
-def old_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    proc = start_redis(tmp_path_factory.mktemp("migrate-redis"))
-    yield proc
-    proc.stop()
+class OldRedis(NamedTuple):
+    url: str
+    clustered: bool
+
+    def client(self) -> redis_sync.Redis | redis_sync.RedisCluster:
+        if self.clustered:
+            return redis_sync.RedisCluster.from_url(self.url)
+        return redis_sync.Redis.from_url(self.url)
+
+
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def old_redis(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OldRedis]:
+    """A store of the test's own: a single Redis, or a cluster of 3 masters (no replicas: nothing here
+    fails over). Not the session's cluster: the layout version key is one for the whole store."""
+    directory = tmp_path_factory.mktemp(f"migrate-{request.param}")
+    if request.param == "standalone":
+        proc = start_redis(directory)
+        yield OldRedis(proc.url, clustered=False)
+        proc.stop()
+    else:
+        with ClusterProcesses(directory, replicas=0) as cluster:
+            yield OldRedis(cluster.url, clustered=True)
 
 
 def seconds(text: str | None) -> int | None:
     return None if text is None else int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
-def snapshot(client: redis_sync.Redis, service: str, sid: str) -> dict[str, Any]:
+def snapshot(client: redis_sync.Redis | redis_sync.RedisCluster, service: str, sid: str) -> dict[str, Any]:
     """What the first layout holds for one document, as the REST API shows it."""
     fields = {k.decode(): v.decode() for k, v in client.hgetall(f"sync:{{{service}}}:doc:{sid}").items()}
     perms = client.hgetall(f"sync:{{{service}}}:perm:{sid}")
@@ -117,9 +136,9 @@ def served(http: httpx.Client, service: str, ident: str) -> dict[str, Any]:
 
 
 def test_a_store_of_the_first_layout_is_served_the_same_after_migrating(
-    old_redis: RedisProcess, tmp_path: Path
+    old_redis: OldRedis, tmp_path: Path
 ) -> None:
-    client = redis_sync.Redis.from_url(old_redis.url)
+    client = old_redis.client()
     old = OldStore(client)
     services = [old.service(acl=False), old.service(acl=True), old.service(acl=False)]
     created: dict[str, list[str]] = {s: [] for s in services}

@@ -1,4 +1,5 @@
-"""The official ``twilio`` Python library (9.x) against a real server process.
+"""The official ``twilio`` Python library (9.x) against a real server process: every test twice, on the
+session's single Redis and on its Redis Cluster (3 masters, 3 replicas; the server pointed at one node).
 
 The library is synchronous (requests), so these are plain sync tests. It is pointed at the server
 with ``client.sync.base_url``, as the README tells users to do.
@@ -36,9 +37,18 @@ def client_for(server: ServerProcess, user: str, secret: str, account_sid: str |
     return client
 
 
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def target(request: pytest.FixtureRequest) -> ServerProcess:
+    """The server under test: on a single Redis, then on a Redis Cluster."""
+    server: ServerProcess = request.getfixturevalue(
+        "server" if request.param == "standalone" else "cluster_server"
+    )
+    return server
+
+
 @pytest.fixture(scope="module")
-def twilio(server: ServerProcess) -> Client:
-    return client_for(server, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
+def twilio(target: ServerProcess) -> Client:
+    return client_for(target, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
 
 
 @pytest.fixture
@@ -160,10 +170,10 @@ def test_errors(twilio: Client, service_sid: str) -> None:
     assert (bad_ttl.value.status, bad_ttl.value.code) == (400, 54011)
 
 
-def test_credentials(server: ServerProcess) -> None:
-    with_key = client_for(server, TEST_API_KEY_SID, TEST_API_KEY_SECRET, TEST_ACCOUNT_SID)
+def test_credentials(target: ServerProcess) -> None:
+    with_key = client_for(target, TEST_API_KEY_SID, TEST_API_KEY_SECRET, TEST_ACCOUNT_SID)
     assert with_key.sync.v1.services.list(limit=1) is not None
-    wrong = client_for(server, TEST_ACCOUNT_SID, "not-the-token")
+    wrong = client_for(target, TEST_ACCOUNT_SID, "not-the-token")
     # (A list raises the library's plain TwilioException on any non-200 page; fetch is typed.)
     with pytest.raises(TwilioRestException) as refused:
         wrong.sync.v1.services("default").fetch()

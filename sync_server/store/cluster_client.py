@@ -142,6 +142,16 @@ class ClusterRouter:
         connection = self._by_slot[key_slot(key if isinstance(key, bytes) else key.encode())]
         return None if connection is None else connection.address
 
+    def masters(self) -> list[MultiplexedRedis]:
+        """The connection of every master the map sends slots to now, once each, in slot order (for
+        commands every master must answer: ``INFO``, ``DBSIZE``)."""
+        return [c for c in dict.fromkeys(self._by_slot) if c is not None]
+
+    def serves_every_slot(self) -> bool:
+        """Whether the map has a master for every slot (false before it is read, or while the cluster
+        lacks one: its commands answer ``CLUSTERDOWN`` then)."""
+        return None not in self._by_slot
+
     # --- everything else -------------------------------------------------------------------------
 
     async def _route(

@@ -1,5 +1,5 @@
 """``sync-server migrate``: re-keys a store written by the first layout (all of a service's keys
-under ``{IS…}``) into the partitioned one (keys.py), in place, on standalone Redis.
+under ``{IS…}``) into the partitioned one (keys.py), in place.
 
 For every service of the index: the 64 partition copies, then every document of its old ``docs``
 index with its hash, remaining TTL (PTTL) and permissions, written into its partition by one
@@ -13,18 +13,21 @@ A document keeps its SID, revision, data, dates, creator, TTL and permissions. I
 is its creation date in µs plus its old creation sequence (mod 10^6) as a tie-break, so listing
 keeps the old order. A named document whose name's partition is not its SID's gets an alias entry
 in the name's partition (see keys.py).
+
+Every command goes through the store's own connection (RedisStore._command, the scripts), so the
+migration also runs on a Redis Cluster: each old service's keys share one slot, each document is
+written into its partition's slot, and the service index and layout key share ``{services}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sync_server import errors
 from sync_server.store import keys
 from sync_server.store.redis_store import RedisStore
 
@@ -48,11 +51,10 @@ class Report:
 
 async def needs_migration(store: RedisStore) -> bool:
     """Whether the store holds first-layout data. A store without services is marked current."""
-    redis = store.redis
-    if await redis.get(keys.LAYOUT) == keys.LAYOUT_VERSION.encode():
+    if await store._command(keys.LAYOUT, "GET", keys.LAYOUT) == keys.LAYOUT_VERSION.encode():
         return False
-    if await redis.zcard(keys.SERVICE_INDEX) == 0:
-        await redis.set(keys.LAYOUT, keys.LAYOUT_VERSION)
+    if await store._command(keys.SERVICE_INDEX, "ZCARD", keys.SERVICE_INDEX) == 0:
+        await store._command(keys.LAYOUT, "SET", keys.LAYOUT, keys.LAYOUT_VERSION)
         return False
     return True
 
@@ -63,8 +65,8 @@ async def check_layout(store: RedisStore) -> None:
     has (it is checked again at the next start)."""
     try:
         old = await needs_migration(store)
-    except (RedisConnectionError, RedisTimeoutError, OSError):
-        log.warning("Redis is unreachable at start: the key layout was not checked")
+    except (errors.UnavailableError, errors.StoreFull):
+        log.warning("Redis is unreachable or refusing at start: the key layout was not checked")
         return
     if old:
         raise OldLayoutError(
@@ -75,81 +77,79 @@ async def check_layout(store: RedisStore) -> None:
 
 async def migrate(store: RedisStore, limit: int | None = None) -> Report:
     """Migrates up to ``limit`` documents (all without one); ``Report.complete`` says if all are."""
-    redis = store.redis
+    await store.detect_cluster()  # the publish command the scripts are given, one slot per call
     report = Report()
-    services = [sid.decode() for sid in cast("list[bytes]", await redis.zrange(keys.SERVICE_INDEX, 0, -1))]
+    index = keys.SERVICE_INDEX
+    services = [sid.decode() for sid in await store._command(index, "ZRANGE", index, 0, -1)]
     for service in services:
-        canonical = cast("dict[bytes, bytes]", await redis.hgetall(keys.service_key(service)))
+        canonical = await store._service_map(service)
         if not canonical:
             continue  # an index entry of a service whose creation never finished
         report.services += 1
         await store._put_copies(service, canonical.get(b"acl_enabled", b"0").decode())
-        rows = cast(
-            "list[tuple[bytes, float]]",
-            await redis.zrange(keys.Legacy.docs(service), 0, -1, withscores=True),
-        )
-        for raw_sid, sequence in rows:
+        docs = keys.Legacy.docs(service)
+        flat = await store._command(docs, "ZRANGE", docs, 0, -1, "WITHSCORES")
+        rows = [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        for sid, sequence in rows:
             if limit is not None and report.migrated >= limit:
                 return report
-            sid = raw_sid.decode()
-            if await redis.exists(keys.document_key(service, sid)):
+            new_key = keys.document_key(service, sid)
+            if await store._command(new_key, "EXISTS", new_key):
                 report.skipped += 1
                 continue
-            if await _migrate_document(store, redis, service, sid, int(sequence)):
+            if await _migrate_document(store, service, sid, sequence):
                 report.migrated += 1
-        await _delete_old(redis, service, [sid.decode() for sid, _ in rows])
-    await redis.set(keys.LAYOUT, keys.LAYOUT_VERSION)
+        await _delete_old(store, service, [sid for sid, _ in rows])
+    await store._command(keys.LAYOUT, "SET", keys.LAYOUT, keys.LAYOUT_VERSION)
     report.complete = True
     return report
 
 
-async def _migrate_document(store: RedisStore, redis: Redis, service: str, sid: str, sequence: int) -> bool:
-    async with redis.pipeline(transaction=True) as pipe:  # one slot, {IS…}: read atomically
-        pipe.hgetall(keys.Legacy.document(service, sid))
-        pipe.pttl(keys.Legacy.document(service, sid))
-        pipe.hgetall(keys.Legacy.permissions(service, sid))
-        fields, pttl, permissions = await pipe.execute()
+async def _migrate_document(store: RedisStore, service: str, sid: str, sequence: int) -> bool:
+    document, permissions = keys.Legacy.document(service, sid), keys.Legacy.permissions(service, sid)
+    # Three reads sent together (one round trip; one slot, {IS…}). Not a transaction, and none is
+    # needed: no server writes meanwhile (they are stopped, and a new one refuses this store), and a
+    # document that expires between the reads shows PTTL -2 and is skipped as expired.
+    fields, pttl, granted = await asyncio.gather(
+        store._command(document, "HGETALL", document),
+        store._command(document, "PTTL", document),
+        store._command(permissions, "HGETALL", permissions),
+    )
     if not fields or pttl == -2:
         return False  # expired meanwhile
-    doc = {k.decode(): v for k, v in cast("dict[bytes, bytes]", fields).items()}
+    doc = {fields[i].decode(): fields[i + 1] for i in range(0, len(fields), 2)}
     name = doc.get("n", b"").decode()
     score = int(doc.get("c", b"0")) * 1_000_000 + sequence % 1_000_000
     partition = keys.sid_partition(sid)
     args: list[str | int | bytes] = [keys.prefix(partition), service, store.publish_command, sid]
     args += [doc.get(f, b"") for f in ("n", "d", "r", "c", "u", "x", "b")]
     args += [int(pttl) if int(pttl) > 0 else -1, score]
-    for identity, flags in cast("dict[bytes, bytes]", permissions).items():
-        args += [identity, flags]
+    args += granted  # identity, flags pairs
     await store._run("migrate_doc", store._partition_keys(partition, service, sid), args)
     if name and keys.name_partition(service, name) != partition:
-        await redis.hset(keys.alias(keys.name_partition(service, name)), f"{service}:{name}", str(partition))
+        alias = keys.alias(keys.name_partition(service, name))
+        await store._command(alias, "HSET", alias, f"{service}:{name}", str(partition))
     return True
 
 
-async def _delete_old(redis: Redis, service: str, sids: list[str]) -> None:
-    """The service's first-layout keys; the docs index last, so an interrupted run finds the rest."""
+async def _delete_old(store: RedisStore, service: str, sids: list[str]) -> None:
+    """The service's first-layout keys (one slot: one DEL per batch); the docs index last, so an
+    interrupted run finds the rest."""
     for start in range(0, len(sids), DELETE_BATCH):
         batch = sids[start : start + DELETE_BATCH]
-        await redis.delete(
-            *(keys.Legacy.document(service, s) for s in batch),
-            *(keys.Legacy.permissions(service, s) for s in batch),
-        )
-    await redis.delete(keys.Legacy.names(service), keys.Legacy.expiry(service))
-    await redis.delete(keys.Legacy.docs(service))
+        old = [keys.Legacy.document(service, s) for s in batch]
+        old += [keys.Legacy.permissions(service, s) for s in batch]
+        await store._command(old[0], "DEL", *old)
+    names, expiry = keys.Legacy.names(service), keys.Legacy.expiry(service)
+    await store._command(names, "DEL", names, expiry)
+    await store._command(keys.Legacy.docs(service), "DEL", keys.Legacy.docs(service))
 
 
 async def migrate_url(url: str, limit: int | None = None) -> Report:
-    """Opens the store at ``url`` (any account: the migration creates no default service)."""
+    """Opens the store at ``url`` (a single Redis or any node of a cluster; any account: the
+    migration creates no default service)."""
     store = RedisStore(Redis.from_url(url), "AC" + "0" * 32)
     try:
         return await migrate(store, limit)
-    finally:
-        await store.close()
-
-
-async def check_url(url: str) -> bool:
-    store = RedisStore(Redis.from_url(url), "AC" + "0" * 32)
-    try:
-        return await needs_migration(store)
     finally:
         await store.close()

@@ -13,8 +13,7 @@ import hashlib
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,7 +25,9 @@ from sync_server.ids import DOCUMENT_PREFIX, SERVICE_PREFIX, is_sid, new_sid
 from sync_server.principal import Principal
 from sync_server.store import keys
 from sync_server.store.base import WriteMode
-from sync_server.store.conditions import CONDITIONS, ConditionLog, condition_of, unreachable
+from sync_server.store.conditions import ConditionLog, condition_of, unreachable
+from sync_server.store.health import UNREACHABLE, Health
+from sync_server.store.health import check as check_health
 from sync_server.store.models import Document, Page, Permission, Service
 from sync_server.store.multiplex import DEFAULT_TIMEOUT
 from sync_server.store.scripts import ScriptRunner
@@ -57,15 +58,6 @@ SERVICE_DEFAULTS: dict[str, str] = {
     "reachability_debouncing_window": "5000",
     "acl_enabled": "0",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What ``/healthz`` reports: ``ok``, ``degraded`` (Redis answers but refuses some work) or
-    ``unavailable`` (Redis cannot be reached)."""
-
-    status: Literal["ok", "degraded", "unavailable"]
-    detail: str | None = None
 
 
 def default_service_sid(account_sid: str) -> str:
@@ -124,6 +116,12 @@ class RedisStore:
         connection = self._scripts.connection
         return connection if isinstance(connection, ClusterRouter) else None
 
+    async def _decided(self) -> None:
+        """Decides between a single Redis and a cluster before a call builds its arguments (the
+        publish command, one slot per call) if the start could not: Redis was down then."""
+        if self._scripts.connection is None:
+            await self.detect_cluster()
+
     async def close(self) -> None:
         # Both connections: the scripts run on their own multiplexed one (store/scripts.py).
         await self._scripts.aclose()
@@ -134,46 +132,13 @@ class RedisStore:
         return (await self.health()).status != "unavailable"
 
     async def health(self) -> Health:
-        """One ``INFO memory`` round trip, plus what recent replies said.
-
-        Out of memory is judged from INFO (used memory over ``maxmemory``, with a policy that does
-        not evict, or one that could not evict enough: an OOM reply seen lately), so ``/healthz``
-        turns ok as soon as memory is freed or ``maxmemory`` raised. The other conditions cannot be
-        read as cheaply and are reported while a reply showing them is recent (``HEALTH_WINDOW``).
-        """
+        """One ``INFO memory`` per master (one on a single Redis), plus what recent replies said:
+        see health.py."""
         try:
-            memory = await self._memory_info()
-        except RedisError as exc:
-            condition = condition_of(exc)
-            if condition is not None:
-                return Health("degraded", condition.detail)
-            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-                return Health("unavailable", "Redis is unreachable")
-            raise
-        except OSError:
-            return Health("unavailable", "Redis is unreachable")
-        self.conditions.answered()
-        recent = self.conditions.recent()
-        oom_seen = CONDITIONS["OOM"] in recent
-        if _out_of_memory(memory, oom_seen=oom_seen) if memory is not None else oom_seen:
-            return Health("degraded", CONDITIONS["OOM"].detail)
-        self.conditions.clear("OOM")
-        others = [condition for condition in recent if condition.word != "OOM"]
-        if others:
-            return Health("degraded", others[0].detail)
-        return Health("ok")
-
-    async def _memory_info(self) -> dict[str, Any] | None:
-        """``INFO memory``, or None (after a PING) where INFO is not allowed: it is in the ACL
-        category ``@dangerous``, which restricted users of hosted Redis often lack."""
-        try:
-            info: dict[str, Any] = await self.redis.info("memory")
-        except ResponseError as exc:
-            if condition_of(exc) is not None:
-                raise
-            await self.redis.ping()
-            return None
-        return info
+            connection = await self._scripts.connected()
+        except (RedisError, OSError):
+            return Health("unavailable", UNREACHABLE)
+        return await check_health(connection, self.conditions)
 
     # -- running scripts ---------------------------------------------------------------------------
 
@@ -207,6 +172,8 @@ class RedisStore:
         The hot path pays nothing for the alias: only a ``nosvc`` reply for the default service's SID
         (first use ever, or after someone deleted it) costs the extra creation round trips.
         """
+        if self._scripts.connection is None:  # inline: the hot path pays one attribute read
+            await self._decided()
         script_keys = self._partition_keys(partition, service_sid, document_sid)
         script_args: list[str | int | bytes] = [
             keys.prefix(partition),
@@ -412,6 +379,7 @@ class RedisStore:
     ) -> dict[int, list[int]]:
         """Runs doc_list in the partitions of ``asks`` (bound, count): each one's cursors, in walk
         order; ``listed`` learns each cursor's document."""
+        await self._decided()
         groups = self._groups(list(asks))
 
         async def one(group: list[int]) -> Any:
@@ -461,6 +429,8 @@ class RedisStore:
         ones, and ``more_due`` says whether a bound cut the sweep short (sweep again at once).
         """
 
+        await self._decided()
+
         async def one(group: list[int]) -> Any:
             script_keys: list[str] = []
             prefixes: list[str | int | bytes] = []
@@ -494,10 +464,9 @@ class RedisStore:
 
     async def purging(self) -> bool:
         """Whether deleted services still have documents waiting for the purge (for tests and ops)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for partition in range(keys.PARTITIONS):
-                pipe.scard(keys.dead(partition))
-            cards = cast("list[int]", await self._guard(pipe.execute))
+        cards = await asyncio.gather(
+            *(self._command(keys.dead(p), "SCARD", keys.dead(p)) for p in range(keys.PARTITIONS))
+        )
         return any(cards)
 
     # -- services ----------------------------------------------------------------------------------
@@ -521,6 +490,7 @@ class RedisStore:
         hash comes first then, and the copies follow what it holds. Until they exist, its document
         scripts answer ``nosvc`` and come back here, which is idempotent.
         """
+        await self._decided()
         args: list[str | int | bytes] = ["1" if ensure else "0"]
         for name, value in settings.items():
             args += [name, value]
@@ -557,10 +527,7 @@ class RedisStore:
         )
 
     async def fetch_service(self, service_sid: str) -> Service:
-        flat = cast(
-            "dict[bytes, bytes]",
-            await self._guard(lambda: self.redis.hgetall(keys.service_key(service_sid))),
-        )
+        flat = await self._service_map(service_sid)
         if not flat and service_sid == self.default_service_sid:
             return await self.ensure_default_service()
         if not flat:
@@ -570,6 +537,7 @@ class RedisStore:
     async def update_service(self, service_sid: str, settings: dict[str, str]) -> Service:
         """The canonical hash, then, when access control changes, each partition's copy (which
         publishes ``revoked`` for its documents when it turns on: see lua/svc_part.lua)."""
+        await self._decided()
         args: list[str | int | bytes] = []
         for name, value in settings.items():
             args += [name, value]
@@ -587,6 +555,7 @@ class RedisStore:
         """Gone for readers at once: the 64 copies are dropped first (every document script then
         answers ``nosvc``), handing the documents to the sweep's bounded purge, which publishes
         ``removed`` (service_deleted) for each; then the canonical hash and the index entry."""
+        await self._decided()
         generation = secrets.token_hex(8)
 
         async def drop(p: int) -> Any:
@@ -605,45 +574,45 @@ class RedisStore:
             )
 
         dropped = await asyncio.gather(*(drop(p) for p in range(keys.PARTITIONS)))
-        deleted = await self._guard(lambda: self.redis.delete(keys.service_key(service_sid)))
+        canonical = keys.service_key(service_sid)
+        deleted = await self._command(canonical, "DEL", canonical)
         if not deleted and not any(dropped):
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
-        await self._guard(lambda: self.redis.zrem(keys.SERVICE_INDEX, service_sid))
+        await self._command(keys.SERVICE_INDEX, "ZREM", keys.SERVICE_INDEX, service_sid)
 
     async def list_services(self, *, after: int | None, before: int | None, size: int) -> Page[Service]:
-        """Two round trips: the index page, then the services (pipelined). Entries whose service is
-        gone (a crash between indexing and creating) are skipped."""
-        rows: list[tuple[bytes, float]]
+        """Two round trips: the index page, then the services (sent together: one write per node).
+        Entries whose service is gone (a crash between indexing and creating) are skipped."""
+        index = keys.SERVICE_INDEX
         if before is not None:
-            newest_first = await self._guard(
-                lambda: self.redis.zrevrangebyscore(
-                    keys.SERVICE_INDEX, f"({before}", "-inf", start=0, num=size + 1, withscores=True
-                )
+            newest_first = await self._command(
+                index, "ZREVRANGEBYSCORE", index, f"({before}", "-inf", "WITHSCORES", "LIMIT", 0, size + 1
             )
-            rows = list(reversed(cast("list[tuple[bytes, float]]", newest_first)))
+            rows = _scored(newest_first)[::-1]
             more = len(rows) > size
             rows = rows[-size:] if more else rows
         else:
             low = "-inf" if after is None else f"({after}"
-            oldest_first = await self._guard(
-                lambda: self.redis.zrangebyscore(
-                    keys.SERVICE_INDEX, low, "+inf", start=0, num=size + 1, withscores=True
-                )
+            oldest_first = await self._command(
+                index, "ZRANGEBYSCORE", index, low, "+inf", "WITHSCORES", "LIMIT", 0, size + 1
             )
-            rows = cast("list[tuple[bytes, float]]", oldest_first)
+            rows = _scored(oldest_first)
             more = len(rows) > size
             rows = rows[:size]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid, _ in rows:
-                pipe.hgetall(keys.service_key(sid.decode()))
-            maps = cast("list[dict[bytes, bytes]]", await self._guard(pipe.execute))
+        maps = await asyncio.gather(*(self._service_map(sid) for sid, _ in rows))
         items: list[Service] = []
         cursors: list[int] = []
         for (sid, score), flat in zip(rows, maps, strict=True):
             if flat:
-                items.append(_service_from_map(sid.decode(), flat))
-                cursors.append(int(score))
+                items.append(_service_from_map(sid, flat))
+                cursors.append(score)
         return _page(items, cursors, more=more)
+
+    async def _service_map(self, service_sid: str) -> dict[bytes, bytes]:
+        """The service's canonical hash (empty when there is none)."""
+        canonical = keys.service_key(service_sid)
+        flat = await self._command(canonical, "HGETALL", canonical)
+        return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
     # -- permissions -------------------------------------------------------------------------------
 
@@ -680,8 +649,22 @@ class RedisStore:
         ]
         return document_sid, sorted(found, key=lambda p: p.identity)
 
+    async def _command(self, key: str, *args: str | int | bytes) -> Any:
+        """One plain command whose first key is ``key``, with the same error mapping as :meth:`_run`.
+
+        The management commands (services, the purge state, the layout check) go through the
+        scripts' connection like the scripts, not through the redis-py client the store was built
+        with: on a cluster that client speaks to one node and gets ``MOVED`` for every key elsewhere,
+        while the router already knows the slot map, follows redirections and waits out a failover.
+        redis-py's ``RedisCluster`` would be a second client (its own map, connections and lazy
+        initialisation, which races with concurrent first calls) for a handful of cold commands. On a
+        single Redis this is the same multiplexed connection, so both kinds of Redis take one path,
+        and concurrent commands leave in one write per node (what a pipeline gave before).
+        """
+        return await self._guard(lambda: self._scripts.command(key, *args))
+
     async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Runs a redis-py call, with the same error mapping as :meth:`_run`."""
+        """Runs a Redis call, with the same error mapping as :meth:`_run`."""
         try:
             return await call()
         except RedisError as exc:
@@ -693,14 +676,6 @@ class RedisStore:
             raise
         except OSError as exc:
             raise unreachable(exc) from exc
-
-
-def _out_of_memory(memory: dict[str, Any], *, oom_seen: bool) -> bool:
-    limit = int(memory.get("maxmemory", 0) or 0)
-    if limit <= 0 or int(memory.get("used_memory", 0) or 0) < limit:
-        return False
-    # Under an evicting policy Redis makes room itself, unless there is nothing it may evict.
-    return memory.get("maxmemory_policy") == "noeviction" or oom_seen
 
 
 def _principal(who: Principal) -> list[str | int | bytes]:
@@ -720,6 +695,11 @@ def _certified(seen: dict[int, list[int]], full: set[int], backwards: bool) -> l
     ends = [seen[p][-1] for p in full]
     limit = max(ends) if backwards else min(ends)
     return [v for v in merged if (v >= limit if backwards else v <= limit)]
+
+
+def _scored(flat: list[bytes]) -> list[tuple[str, int]]:
+    """The (member, score) pairs of a ``WITHSCORES`` reply (the scores here are integers)."""
+    return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 
 def _by_sid(ident: str) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from sync_server.store.cluster_client import StoreConnection, connect_store
-from sync_server.store.multiplex import DEFAULT_TIMEOUT, params_from_pool
+from sync_server.store.cluster_client import ClusterRouter, connect_store
+from sync_server.store.multiplex import DEFAULT_TIMEOUT, MultiplexedRedis, params_from_pool
 
 _PRELUDE = "_prelude.lua"
 
@@ -57,14 +57,19 @@ class ScriptRunner:
         """``timeout``: seconds each script may take to answer (``SYNC_REDIS_TIMEOUT``)."""
         self._params = params_from_pool(redis.connection_pool)
         self._timeout = timeout
-        self._connection: StoreConnection | None = None
+        self._connection: MultiplexedRedis | ClusterRouter | None = None
         self._connecting: asyncio.Lock | None = None
         self._scripts = load_scripts()
 
     @property
-    def connection(self) -> StoreConnection | None:
+    def connection(self) -> MultiplexedRedis | ClusterRouter | None:
         """The connection the scripts run on, once the first call has chosen it."""
         return self._connection
+
+    async def connected(self) -> MultiplexedRedis | ClusterRouter:
+        """The connection, chosen now if no call has chosen it yet (raises ``CannotConnectError``
+        while Redis cannot be reached)."""
+        return self._connection or await self._connect()
 
     async def run(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Any:
         script = self._scripts[name]
@@ -81,7 +86,7 @@ class ScriptRunner:
         connection = self._connection or await self._connect()
         return await connection.execute_keyed(key, *args)
 
-    async def _connect(self) -> StoreConnection:
+    async def _connect(self) -> MultiplexedRedis | ClusterRouter:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
