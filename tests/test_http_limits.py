@@ -149,7 +149,9 @@ def test_100_mb_headers_do_not_stall_other_requests(strict: ServerProcess) -> No
     for thread in blasters:
         thread.join(30)
     assert len(outcomes) == 4 and set(outcomes) <= {"sent all", "closed by the server"}
-    assert latencies and max(latencies) < 0.5
+    # Unbounded, one 100 MB header stalled the whole process for seconds, so every request during
+    # the blast was slow. The typical request stays fast; the slowest is allowed a loaded box's hiccup.
+    assert latencies and sorted(latencies)[len(latencies) // 2] < 0.25 and max(latencies) < 1.5
     print(f"{len(latencies)} requests during the blast, slowest {max(latencies) * 1000:.1f} ms; {outcomes}")
     assert_served(strict)
 
