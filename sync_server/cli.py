@@ -1,4 +1,5 @@
-"""The ``sync-server`` command: ``serve`` (the default), ``token`` and ``credentials``.
+"""The ``sync-server`` command: ``serve`` (the default), ``token``, ``credentials``, ``migrate`` and
+``webhooks`` (cli_webhooks.py).
 
 ``serve`` resolves the credentials, starts the embedded Redis unless a Redis URL is given (the bundled
 Valkey unless ``--redis-server`` names another, checked against the server that wrote its data), exports
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "sync-server"
-COMMANDS = ("serve", "token", "credentials", "migrate")
+COMMANDS = ("serve", "token", "credentials", "migrate", "webhooks")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": print_token,
         "credentials": print_credentials,
         "migrate": run_migration,
+        "webhooks": _run_webhooks,
     }
     try:
         return handlers[args.command](args)
@@ -126,6 +128,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="stop after this many documents (run again to go on)",
     )
     _add_data_dir(migrate, env)
+    from sync_server import cli_webhooks
+
+    cli_webhooks.add_parser(commands, env, add_data_dir=_add_data_dir, redis_url=_redis_url)
     return parser
 
 
@@ -284,6 +289,15 @@ def run_migration(args: argparse.Namespace) -> int:
         f"{report.skipped} already migrated: {state}"
     )
     return 0 if report.complete else 3
+
+
+def _run_webhooks(args: argparse.Namespace) -> int:
+    from sync_server import cli_webhooks
+
+    try:
+        return cli_webhooks.run(args)
+    except cli_webhooks.UsageError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:

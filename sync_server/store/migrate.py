@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sync_server.store import keys
-from sync_server.store.redis_store import RedisStore
+from sync_server.store.redis_store import RedisStore, service_from_hash
 
 log = logging.getLogger("sync_server.store")
 
@@ -83,7 +83,7 @@ async def migrate(store: RedisStore, limit: int | None = None) -> Report:
         if not canonical:
             continue  # an index entry of a service whose creation never finished
         report.services += 1
-        await store._put_copies(service, canonical.get(b"acl_enabled", b"0").decode())
+        await store._put_copies(service_from_hash(service, canonical))
         rows = cast(
             "list[tuple[bytes, float]]",
             await redis.zrange(keys.Legacy.docs(service), 0, -1, withscores=True),

@@ -6,6 +6,7 @@
 -- 'removed' event however many processes sweep, and so does each purged document.
 -- KEYS[1]  the partition's expiry index          sync:{T}:x
 -- KEYS[2]  the partition's deleted services      sync:{T}:dead
+-- KEYS[3]  the partition's webhook outbox        sync:{T}:wh
 -- ARGV[1]  the partition's key prefix            sync:{T}:
 -- ARGV[2]  unused ('')
 -- ARGV[3]  the publish command: PUBLISH, or SPUBLISH on a cluster
@@ -15,7 +16,13 @@
 -- Returns  {number of expired documents removed, number of deleted services' documents purged}
 -- Keys derived here from ARGV[1] (a document's hash, permissions, names hash and index, read from
 -- an expiry entry "S:D:name"; a deleted service's renamed index and names hash, read from "S:G" in
--- KEYS[2]) carry the partition's own tag, so they share the slot of KEYS[1] (see the prelude).
+-- KEYS[2]; a service's partition copy, for its webhook) carry the partition's own tag, so they share
+-- the slot of KEYS[1] (see the prelude).
+-- Webhooks: an expiry puts document_removed into the outbox of a service with a webhook, whatever its
+-- webhooks_from_rest_enabled (neither a client nor the backend made that change, so the backend
+-- hears of it only this way), with Identity system and no revision (the hash is gone). A deleted
+-- service's documents send none: its copies, webhook included, went with it (svc_part.lua), and the
+-- backend that deleted it knows.
 local limit, audit, step = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local removed, purged = 0, 0
 
@@ -25,6 +32,10 @@ local function remove(member)
   local revision = redis.call('HGET', doc_key(svc, sid), 'r')
   purge(svc, PREFIX .. 'n:' .. svc, PREFIX .. 'i:' .. svc, KEYS[1], sid, name)
   publish_removed(svc, sid, name, revision, 'expired')
+  local url = webhook_url(PREFIX .. 's:' .. svc, '', true)
+  if url then
+    outbox_append(KEYS[3], url, 'document_removed', svc, sid, name, tonumber(revision), nil, 'system', '')
+  end
   removed = removed + 1
 end
 
