@@ -67,6 +67,8 @@ class Deliverer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._leases: asyncio.Task[None] | None = None
         self._readers: dict[int | None, asyncio.Task[None]] = {}
+        self._reads: dict[int | None, tuple[frozenset[int], asyncio.Event]] = {}
+        """Each reader's read in flight: the partitions it covers, and set when it returns."""
         self._stopping = False
         self._last_orphan_claim = 0.0
 
@@ -79,10 +81,17 @@ class Deliverer:
         """Stops reading, lets deliveries in flight finish for up to ``grace`` seconds, gives every
         lease back (what was not delivered goes to the next holder at once) and leaves."""
         self._stopping = True
-        stopping = [*self._readers.values(), *([self._leases] if self._leases else [])]
-        for task in stopping:
+        if self._leases is not None:
+            self._leases.cancel()
+            await asyncio.gather(self._leases, return_exceptions=True)
+        # The reads in flight return (within READ_BLOCK): what they bring is dispatched, or stays in
+        # this consumer's pending entries, which the next holder of each lease claims. Cancelled
+        # instead, a read could still hand entries to this consumer after its leases are given back.
+        readers = list(self._readers.values())
+        _, late = await asyncio.wait(readers, timeout=READ_BLOCK + 1) if readers else (set(), set())
+        for task in late:
             task.cancel()
-        await asyncio.gather(*stopping, return_exceptions=True)
+        await asyncio.gather(*readers, return_exceptions=True)
         self._readers.clear()
         await asyncio.gather(*(self._give_back(n, grace) for n in list(self.owned)), return_exceptions=True)
         for task in self._tasks:  # a partition still being taken, or given back
@@ -188,6 +197,12 @@ class Deliverer:
         try:
             if partition is not None:
                 await partition.close(grace)
+            # A read that covered the partition and is still on its way would hand its new entries
+            # to this process after the next holder has claimed what was pending: wait it out.
+            for covered, returned in list(self._reads.values()):
+                if number in covered:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(returned.wait(), READ_BLOCK + 1)
             with contextlib.suppress(errors.SyncError):
                 await self.outbox.release(number)
         finally:
@@ -236,6 +251,8 @@ class Deliverer:
             # Rare and brief (see the module docstring): a poll costs less than an event per settle.
             while sum(len(p.held) for p in self.owned.values()) > MEMORY_LIMIT:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
+            returned = asyncio.Event()
+            self._reads[only] = (frozenset(partitions), returned)
             try:
                 entries = await self.outbox.read(partitions, READ_COUNT, READ_BLOCK)
             except errors.SyncError as exc:
@@ -246,6 +263,8 @@ class Deliverer:
                         self._failed(self.owned[number], exc)
                 await asyncio.sleep(RESTART_DELAY)
                 continue
+            finally:
+                returned.set()
             for entry in entries:
                 partition = self.owned.get(entry.partition)
                 if partition is not None and partition.ready:

@@ -1,10 +1,11 @@
 """The HTTP side of webhooks: Twilio's request for a webhook, posted with httpx.
 
-Each receiver (a URL's scheme, host and port) has a client of its own, so a connection pool of its
-own with keep-alive, and at most ``concurrency`` requests at once (:attr:`Receiver.slots`, taken by
-the caller before it decides to post): a slow or dead receiver holds only its own connections, never
-another's. An attempt that does not complete within ``timeout`` seconds (15, Twilio's limit),
-connection and all, fails; only a 2xx answer delivers; redirects are not followed.
+Each receiver (a webhook URL) has a client of its own, so a connection pool of its own with
+keep-alive, and at most ``concurrency`` requests at once (:attr:`Receiver.slots`, taken by the caller
+before it decides to post): a slow or dead receiver holds only its own connections, never another's,
+even when another URL is served by the same host. An attempt that does not complete within
+``timeout`` seconds (15, Twilio's limit), connection and all, fails; only a 2xx answer delivers;
+redirects are not followed.
 
 A URL with credentials (``https://user:secret@host/hook``) is posted with them as Basic auth, and
 signed without them, as the receiver sees its own URL. Nothing here logs; what callers may log of a
@@ -14,6 +15,7 @@ URL is :func:`describe` (no credentials, no query).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -22,6 +24,10 @@ import httpx
 
 from sync_server.webhooks.events import Webhook, describe
 from sync_server.webhooks.signature import signature
+
+# httpx logs every request's URL at INFO, and a webhook URL may carry credentials: this module logs
+# what it should itself (lanes.py), with the URL's secrets left out.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 USER_AGENT = "sync-server-webhooks/1"
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -105,11 +111,9 @@ class Sender:
         self._receivers: dict[str, Receiver] = {}
 
     def receiver(self, url: str) -> Receiver:
-        scheme, _, rest = url.partition("://")
-        key = scheme.lower() + "://" + rest.partition("/")[0].rpartition("@")[2].lower()
-        found = self._receivers.get(key)
+        found = self._receivers.get(url)
         if found is None:
-            found = self._receivers[key] = Receiver(concurrency=self._concurrency, timeout=self.timeout)
+            found = self._receivers[url] = Receiver(concurrency=self._concurrency, timeout=self.timeout)
         return found
 
     def request(self, webhook: Webhook) -> tuple[bytes, dict[str, str]]:

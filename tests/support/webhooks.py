@@ -135,7 +135,11 @@ class Receiver:
         deadline = time.monotonic() + within
         while not condition(self):
             if time.monotonic() > deadline:
-                raise AssertionError(f"receiver: condition not met within {within:g} s; got {self.requests}")
+                paths = sorted({r.path for r in self.requests})
+                counts = {path: (len(self.of(path)), len(self.delivered(path))) for path in paths}
+                raise AssertionError(
+                    f"receiver: not met within {within:g} s; (requests, delivered): {counts}"
+                )
             await asyncio.sleep(0.02)
 
     def __enter__(self) -> Receiver:

@@ -5,7 +5,8 @@
 -- nobody delivered is never trimmed here.
 -- KEYS[1]  the partition's outbox                sync:{T}:wh
 -- ARGV[1]  an entry id: the first one the deliverer has not read
--- Returns  the number of entries removed (approximate trimming: whole stream nodes only)
+-- Returns  the number of entries removed (exactly those: a tick's worth, cheap, and the stream holds
+--          only what is on its way)
 
 local function split(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -33,4 +34,4 @@ for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
 end
 local summary = redis.call('XPENDING', KEYS[1], OUTBOX_GROUP)
 if summary[1] > 0 and id_before(summary[2], floor) then floor = summary[2] end
-return redis.call('XTRIM', KEYS[1], 'MINID', '~', floor)
+return redis.call('XTRIM', KEYS[1], 'MINID', floor)
