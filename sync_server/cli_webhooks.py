@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -72,17 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def _dead_letters(url: str, args: argparse.Namespace) -> int:
     # Here, so that the parser (built for every command) loads none of this.
-    from redis.asyncio import Redis
-
-    from sync_server.store.redis_store import RedisStore
-    from sync_server.store.webhook_outbox import RedisOutbox
+    from sync_server.store.webhook_outbox import open_outbox
     from sync_server.webhooks import dead_letters
 
-    # The account only names the default service, which nothing here touches.
-    store = RedisStore(Redis.from_url(url), os.environ.get("SYNC_ACCOUNT_SID", ""))
-    outbox = RedisOutbox(store, consumer="sync-server-cli")
-    try:
-        await store.detect_cluster()
+    async with open_outbox(url, "sync-server-cli") as outbox:
         letters = await dead_letters.collect(outbox, service_sid=args.service, tokens=args.token)
         if args.action == "list":
             if args.json:
@@ -95,9 +87,6 @@ async def _dead_letters(url: str, args: argparse.Namespace) -> int:
             print(f"replayed {await dead_letters.replay(outbox, letters)} dead letters")
         else:
             print(f"purged {await dead_letters.purge(outbox, letters)} dead letters")
-    finally:
-        await outbox.aclose()
-        await store.close()
     return 0
 
 

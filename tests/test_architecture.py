@@ -1,4 +1,5 @@
-"""The shape of the code, pinned: one door to the store, and Redis behind the store and the hub.
+"""The shape of the code, pinned: one door to the store, Redis behind the store and the hub, and HTTP
+out of the server (webhooks) in one module.
 
 Read from the sources' import statements (an import inside a function counts too), so a shortcut from
 an adapter to the store, or a Redis call outside the two modules that own Redis, fails here.
@@ -11,8 +12,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sync_server"
 # The composition root builds the concrete store and hub; the hub owns pub/sub; the document service
-# is the one door every adapter goes through.
-MAY_IMPORT_THE_STORE = {"app.py", "documents.py", "hub.py", "cli.py"}
+# is the one door every adapter goes through. The CLI's commands are entry points that build what
+# they need, like the composition root.
+MAY_IMPORT_THE_STORE = {"app.py", "documents.py", "hub.py", "cli.py", "cli_webhooks.py"}
 MAY_IMPORT_REDIS = {"app.py", "hub.py"}
 
 
@@ -59,3 +61,15 @@ def test_every_adapter_goes_through_the_document_service() -> None:
     assert "sync_server.documents" in imports(PACKAGE / "gateway/session.py")
     for adapter in ("gateway/native.py", "gateway/twilsock.py"):
         assert "sync_server.gateway.session" in imports(PACKAGE / adapter), adapter
+
+
+def test_only_the_webhook_sender_makes_http_requests() -> None:
+    """The webhooks package reaches Redis only through its outbox contract (the rules above hold for
+    it too), and the network only through webhooks/sender.py."""
+    offenders = {
+        name: sorted(m for m in found if m == "httpx" or m.startswith("httpx."))
+        for name, found in modules()
+        if name != "webhooks/sender.py" and any(m == "httpx" or m.startswith("httpx.") for m in found)
+    }
+    assert offenders == {}
+    assert "httpx" in imports(PACKAGE / "webhooks/sender.py")

@@ -20,9 +20,10 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -265,6 +266,20 @@ class RedisOutbox:
                 return self._store.conditions.seen(condition)
             return errors.UnavailableError(f"The webhook outbox: {exc}")
         return unreachable(exc)
+
+
+@contextlib.asynccontextmanager
+async def open_outbox(url: str, consumer: str) -> AsyncIterator[RedisOutbox]:
+    """The outbox of the store at ``url``, for a command-line tool (nothing here delivers)."""
+    # The account only names the default service, which the outbox never touches.
+    store = RedisStore(Redis.from_url(url), os.environ.get("SYNC_ACCOUNT_SID", ""))
+    outbox = RedisOutbox(store, consumer)
+    try:
+        await store.detect_cluster()
+        yield outbox
+    finally:
+        await outbox.aclose()
+        await store.close()
 
 
 def _ms(seconds: float) -> int:
