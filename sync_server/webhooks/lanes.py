@@ -278,10 +278,10 @@ class Lane:
             outcome: Outcome | None = None
             self.delivering += 1
             try:
-                async with receiver.slots:
+                async with receiver.slot() as connection:
                     # Checked again: the lane may have turned while this chain waited for a slot.
                     if self.mode == "healthy" and not partition.closing:
-                        outcome = await partition.sender.send(receiver, webhook)
+                        outcome = await partition.sender.send(connection, webhook)
             finally:
                 self.delivering -= 1
             if outcome is not None:
@@ -352,10 +352,10 @@ class Lane:
             if failures:
                 await partition.pause(policy.wait(failures, partition.rng))
             receiver = partition.sender.receiver(webhook.url)
-            async with receiver.slots:
+            async with receiver.slot() as connection:
                 if partition.closing:
                     return
-                outcome = await partition.sender.send(receiver, webhook)
+                outcome = await partition.sender.send(connection, webhook)
             head_attempts += 1
             partition.record(webhook, outcome, head_attempts)
             if outcome.delivered:

@@ -1,0 +1,138 @@
+"""Webhook scenario: what webhooks cost REST writes, and how fast and how soon they arrive.
+
+One server (``--workers 1``) on the run's Redis, one receiver process (``webhook_receiver.py``):
+
+- REST writes/s on the default service without a webhook, then the same load with the service's
+  ``WebhookUrl`` set (``WebhooksFromRestEnabled``) and the receiver healthy: the ratio is the cost of
+  the outbox append plus delivering in the same process meanwhile;
+- delivery throughput: the webhooks of that second run, from the first to the last arrival (they are
+  delivered while the load runs and the backlog drains after it);
+- latency: paced writes (``paced_rate`` per second) carrying the writer's clock, and the receiver's
+  arrival time minus it: p50 / p99 from write to webhook while the receiver is healthy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from bench import procs
+from bench.fleet_process import BenchError
+from bench.rest import RestPlan, auth_b64, create_documents, load, write_body
+from sync_server.embedded import RedisProcess
+
+
+@dataclass(frozen=True)
+class WebhookPlan:
+    rest: RestPlan
+    paced_rate: int = 200
+    paced_seconds: float = 5.0
+    drain_timeout: float = 120.0
+
+
+def receiver(workdir: Path) -> procs.Managed:
+    port = procs.free_port()
+    command = [procs.PYTHON, "-m", "bench.webhook_receiver", "--port", str(port)]
+    return procs.Managed("webhook-receiver", command, workdir, port=port)
+
+
+def stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as response:
+        found: dict[str, Any] = json.loads(response.read())
+        return found
+
+
+def reset(port: int) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/reset", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        pass
+
+
+def wait_count(port: int, count: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = stats(port)
+        if found["count"] >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise BenchError(f"webhooks: {found['count']} of {count} arrived within {timeout:g}s")
+        time.sleep(0.2)
+
+
+def paced_writes(port: int, prefix: str, documents: int, rate: int, seconds: float) -> int:
+    """Writes at ``rate`` per second, each carrying the writer's clock as ``t``; returns how many."""
+    headers = {"Authorization": "Basic " + auth_b64(), "Content-Type": "application/x-www-form-urlencoded"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    total = int(rate * seconds)
+    started = time.monotonic()
+    for n in range(total):
+        delay = started + n / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        body = "Data=" + quote(json.dumps({"t": time.time(), "n": n}), safe="")
+        conn.request("POST", f"/v1/Services/default/Documents/{prefix}{n % documents:012d}", body, headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise BenchError(f"paced write {n}: HTTP {response.status}")
+    conn.close()
+    return total
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def run_webhooks(redis: RedisProcess, plan: WebhookPlan, workdir: Path) -> dict[str, Any]:
+    hook = receiver(workdir / "webhook-receiver").start()
+    server = procs.SyncServer(workdir / "webhooks", redis.url).start()
+    assert hook.port is not None
+    try:
+        rest = plan.rest
+        write_body(workdir)
+        create_documents(server.port, "wh", rest.documents)
+        load(server.port, "set", "wh", rest.documents, replace(rest, seconds=min(2.0, rest.seconds)), workdir)
+        without = load(server.port, "set", "wh", rest.documents, rest, workdir)
+        url = f"http://127.0.0.1:{hook.port}/hook"
+        procs.rest_call(
+            server.port,
+            "POST",
+            "/v1/Services/default",
+            {"WebhookUrl": url, "WebhooksFromRestEnabled": "true"},
+        )
+        reset(hook.port)
+        with_webhook = load(server.port, "set", "wh", rest.documents, rest, workdir)
+        delivered = wait_count(hook.port, with_webhook["requests"], plan.drain_timeout)
+        span = (delivered["last"] - delivered["first"]) or 1e-9
+        reset(hook.port)
+        sent = paced_writes(server.port, "wh", rest.documents, plan.paced_rate, plan.paced_seconds)
+        paced = wait_count(hook.port, sent, plan.drain_timeout)
+        latencies = paced["latencies_ms"]
+    finally:
+        server.stop()
+        hook.stop()
+    return {
+        "without_webhook": without,
+        "with_webhook": with_webhook,
+        "writes_ratio": round(with_webhook["writes_per_s"] / without["writes_per_s"], 3),
+        "delivered": delivered["count"],
+        "delivered_per_s": round(delivered["count"] / span),
+        "paced": {
+            "rate": plan.paced_rate,
+            "webhooks": paced["count"],
+            "latency_ms": {
+                "p50": percentile(latencies, 50),
+                "p99": percentile(latencies, 99),
+                "max": max(latencies) if latencies else None,
+            },
+        },
+    }
