@@ -31,9 +31,10 @@ from bench.fanout import FanoutPlan, run_expiry, run_fanout, run_idle, run_recov
 from bench.fleet_process import FLEET_DIR, BenchError, npm_install
 from bench.rest import RestPlan, run_rest
 from bench.sharedb import SHARED_PEER, peer_available, prepare_peer, run_sharedb
+from bench.webhooks import WebhookPlan, run_webhooks
 
 BENCH_DIR = Path(__file__).resolve().parent
-SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry")
+SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry", "webhooks")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Plan:
     recovery_rate: int
     expiry_documents: int
     expiry_ttl: tuple[int, int]
+    webhooks: WebhookPlan
 
 
 FULL = Plan(
@@ -57,6 +59,7 @@ FULL = Plan(
     recovery_rate=20,
     expiry_documents=1000,
     expiry_ttl=(3, 5),
+    webhooks=WebhookPlan(RestPlan(seconds=8)),
 )
 SMOKE = Plan(
     rest=RestPlan(seconds=1, connections=8, documents=50, workers=(1,), redis_requests=2000),
@@ -67,6 +70,9 @@ SMOKE = Plan(
     recovery_rate=20,
     expiry_documents=20,
     expiry_ttl=(1, 2),
+    webhooks=WebhookPlan(
+        RestPlan(seconds=1, connections=8, documents=50), paced_rate=50, paced_seconds=0.5, separate=False
+    ),
 )
 
 
@@ -214,6 +220,10 @@ class Runner:
                 self.results["recovery"] = self.step("recovery", lambda: self.recovery(redis))
             if "expiry" in self.only:
                 self.results["expiry"] = self.step("expiry", lambda: self.expiry(redis))
+            if "webhooks" in self.only:
+                self.results["webhooks"] = self.step(
+                    "webhooks", lambda: run_webhooks(redis, self.plan.webhooks, self.workdir)
+                )
             if self.args.profile:
                 self.results["profiles"] = self.step("py-spy profiles", lambda: self.profiles(redis))
         finally:

@@ -4,7 +4,9 @@ One server (``--workers 1``) on the run's Redis, one receiver process (``webhook
 
 - REST writes/s on the default service without a webhook, then the same load with the service's
   ``WebhookUrl`` set (``WebhooksFromRestEnabled``) and the receiver healthy: the ratio is the cost of
-  the outbox append plus delivering in the same process meanwhile;
+  the outbox append plus delivering in the same process meanwhile. Then again with delivery in a
+  process of its own (the serving one with ``SYNC_WEBHOOKS=off``, a second one delivering): the write
+  path's own cost, plus the delivering process's share of the same two cores;
 - delivery throughput: the webhooks of that second run, from the first to the last arrival (they are
   delivered while the load runs and the backlog drains after it);
 - latency: paced writes (``paced_rate`` per second) carrying the writer's clock, and the receiver's
@@ -34,6 +36,8 @@ class WebhookPlan:
     paced_rate: int = 200
     paced_seconds: float = 5.0
     drain_timeout: float = 120.0
+    separate: bool = True
+    """Also measure with delivery in a second process (two more server starts)."""
 
 
 def receiver(workdir: Path) -> procs.Managed:
@@ -94,32 +98,57 @@ def percentile(values: list[float], p: float) -> float | None:
 
 def run_webhooks(redis: RedisProcess, plan: WebhookPlan, workdir: Path) -> dict[str, Any]:
     hook = receiver(workdir / "webhook-receiver").start()
-    server = procs.SyncServer(workdir / "webhooks", redis.url).start()
     assert hook.port is not None
+    try:
+        found = _same_process(redis, plan, workdir, hook.port)
+        if plan.separate:
+            separate = found["with_webhook_separate"] = _separate_process(redis, plan, workdir, hook.port)
+            found["separate_writes_ratio"] = round(
+                separate["writes_per_s"] / found["without_webhook"]["writes_per_s"], 3
+            )
+        return found
+    finally:
+        hook.stop()
+
+
+def _separate_process(redis: RedisProcess, plan: WebhookPlan, workdir: Path, port: int) -> dict[str, Any]:
+    serving = procs.SyncServer(workdir / "webhooks-serving", redis.url, env={"SYNC_WEBHOOKS": "off"}).start()
+    delivering = procs.SyncServer(workdir / "webhooks-delivering", redis.url).start()
+    try:
+        reset(port)
+        result = load(serving.port, "set", "wh", plan.rest.documents, plan.rest, workdir)
+        wait_count(port, result["requests"], plan.drain_timeout)
+        return result
+    finally:
+        serving.stop()
+        delivering.stop()
+
+
+def _same_process(redis: RedisProcess, plan: WebhookPlan, workdir: Path, port: int) -> dict[str, Any]:
+    server = procs.SyncServer(workdir / "webhooks", redis.url).start()
     try:
         rest = plan.rest
         write_body(workdir)
         create_documents(server.port, "wh", rest.documents)
         load(server.port, "set", "wh", rest.documents, replace(rest, seconds=min(2.0, rest.seconds)), workdir)
         without = load(server.port, "set", "wh", rest.documents, rest, workdir)
-        url = f"http://127.0.0.1:{hook.port}/hook"
+        url = f"http://127.0.0.1:{port}/hook"
         procs.rest_call(
             server.port,
             "POST",
             "/v1/Services/default",
             {"WebhookUrl": url, "WebhooksFromRestEnabled": "true"},
         )
-        reset(hook.port)
+        reset(port)
         with_webhook = load(server.port, "set", "wh", rest.documents, rest, workdir)
-        delivered = wait_count(hook.port, with_webhook["requests"], plan.drain_timeout)
+        delivered = wait_count(port, with_webhook["requests"], plan.drain_timeout)
         span = (delivered["last"] - delivered["first"]) or 1e-9
-        reset(hook.port)
+        reset(port)
         sent = paced_writes(server.port, "wh", rest.documents, plan.paced_rate, plan.paced_seconds)
-        paced = wait_count(hook.port, sent, plan.drain_timeout)
+        paced = wait_count(port, sent, plan.drain_timeout)
         latencies = paced["latencies_ms"]
     finally:
         server.stop()
-        hook.stop()
     return {
         "without_webhook": without,
         "with_webhook": with_webhook,
