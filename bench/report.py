@@ -104,7 +104,9 @@ def targets(results: dict[str, Any]) -> list[Target]:
              webhooks["writes_ratio"], 0.9, False),
             ("REST writes/s with a webhook vs without, delivered by another process (>= 0.9x)",
              webhooks.get("separate_writes_ratio"), 0.9, False),
-            ("webhook deliveries/s to one receiver (>= 1000)", webhooks["delivered_per_s"], 1000.0, False),
+            ("webhook deliveries/s to one receiver, one process (>= 1000)",
+             (webhooks.get("with_webhook_separate") or {}).get("drained_per_s", webhooks["delivered_per_s"]),
+             1000.0, False),
             (f"p99 write to webhook at {webhooks['paced']['rate']}/s (< 100 ms)",
              webhooks["paced"]["latency_ms"]["p99"], 100.0, True),
         ]  # fmt: skip
@@ -268,9 +270,15 @@ def _other_sections(results: dict[str, Any]) -> list[str]:
                  _x(w["writes_ratio"]), f"{w['delivered_per_s']:,}"),
         ]  # fmt: skip
         if "with_webhook_separate" in w:
-            writes = f"{w['with_webhook_separate']['writes_per_s']:,}"
+            separate = w["with_webhook_separate"]
+            writes, drained = f"{separate['writes_per_s']:,}", f"{separate['drained_per_s']:,}"
+            label = "webhook, not delivered meanwhile (vs its own run without)"
+            rows.append(_row(label, writes, _x(w["separate_writes_ratio"]), "-"))
+            ceiling = f"{separate['httpx_ceiling_per_s']:,}"
             rows.append(
-                _row("webhook, delivered by a second process", writes, _x(w["separate_writes_ratio"]), "-")
+                _row(
+                    "(then a second process delivers that backlog)", "-", "-", f"{drained} (httpx: {ceiling})"
+                )
             )
         header = ["REST writes (1 KiB, 64 connections)", "writes/s", "vs no webhook", "webhooks delivered/s"]
         lines += _table("**Webhooks** (one local receiver, healthy)", header, rows)

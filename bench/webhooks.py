@@ -3,12 +3,14 @@
 One server (``--workers 1``) on the run's Redis, one receiver process (``webhook_receiver.py``):
 
 - REST writes/s on the default service without a webhook, then the same load with the service's
-  ``WebhookUrl`` set (``WebhooksFromRestEnabled``) and the receiver healthy: the ratio is the cost of
-  the outbox append plus delivering in the same process meanwhile. Then again with delivery in a
-  process of its own (the serving one with ``SYNC_WEBHOOKS=off``, a second one delivering): the write
-  path's own cost, plus the delivering process's share of the same two cores;
-- delivery throughput: the webhooks of that second run, from the first to the last arrival (they are
-  delivered while the load runs and the backlog drains after it);
+  ``WebhookUrl`` set (``WebhooksFromRestEnabled``) and the receiver healthy, delivered by the serving
+  process meanwhile: the outbox append plus the delivery's CPU, on the same two cores;
+- the same pair of loads (without, then with the webhook) on a process that does not deliver
+  (``SYNC_WEBHOOKS=off``): the write path's own cost, the append in the write script, measured
+  against its own run without; then a second process starts delivering the backlog that
+  load left, alone: its delivery throughput, first to last arrival. Next to it, the ceiling of httpx
+  itself on the box at that moment: as many plain posts to the same receiver, as many at once, on
+  one-connection clients as the sender uses;
 - latency: paced writes (``paced_rate`` per second) carrying the writer's clock, and the receiver's
   arrival time minus it: p50 / p99 from write to webhook while the receiver is healthy.
 """
@@ -104,7 +106,7 @@ def run_webhooks(redis: RedisProcess, plan: WebhookPlan, workdir: Path) -> dict[
         if plan.separate:
             separate = found["with_webhook_separate"] = _separate_process(redis, plan, workdir, hook.port)
             found["separate_writes_ratio"] = round(
-                separate["writes_per_s"] / found["without_webhook"]["writes_per_s"], 3
+                separate["writes_per_s"] / separate["without_webhook"]["writes_per_s"], 3
             )
         return found
     finally:
@@ -112,16 +114,63 @@ def run_webhooks(redis: RedisProcess, plan: WebhookPlan, workdir: Path) -> dict[
 
 
 def _separate_process(redis: RedisProcess, plan: WebhookPlan, workdir: Path, port: int) -> dict[str, Any]:
+    rest = plan.rest
     serving = procs.SyncServer(workdir / "webhooks-serving", redis.url, env={"SYNC_WEBHOOKS": "off"}).start()
-    delivering = procs.SyncServer(workdir / "webhooks-delivering", redis.url).start()
     try:
+        procs.rest_call(serving.port, "POST", "/v1/Services/default", {"WebhookUrl": ""})
+        load(
+            serving.port, "set", "wh", rest.documents, replace(rest, seconds=min(2.0, rest.seconds)), workdir
+        )
+        without = load(serving.port, "set", "wh", rest.documents, rest, workdir)
+        webhook = {"WebhookUrl": f"http://127.0.0.1:{port}/hook", "WebhooksFromRestEnabled": "true"}
+        procs.rest_call(serving.port, "POST", "/v1/Services/default", webhook)
         reset(port)
-        result = load(serving.port, "set", "wh", plan.rest.documents, plan.rest, workdir)
-        wait_count(port, result["requests"], plan.drain_timeout)
-        return result
+        result = load(serving.port, "set", "wh", rest.documents, rest, workdir)
     finally:
         serving.stop()
+    delivering = procs.SyncServer(workdir / "webhooks-delivering", redis.url).start()
+    try:
+        drained = wait_count(port, result["requests"], plan.drain_timeout)
+    finally:
         delivering.stop()
+    span = (drained["last"] - drained["first"]) or 1e-9
+    reset(port)
+    ceiling = httpx_ceiling(port, min(result["requests"], 5000), concurrency=16)
+    return {
+        **result,
+        "without_webhook": without,
+        "drained_per_s": round(drained["count"] / span),
+        "httpx_ceiling_per_s": ceiling,
+    }
+
+
+def httpx_ceiling(port: int, count: int, concurrency: int) -> int:
+    """Posts per second of plain httpx to the receiver: ``count`` form posts, ``concurrency`` at once,
+    each lane on its own one-connection client (as webhooks/sender.py does)."""
+    import asyncio
+
+    import httpx
+
+    body = b"AccountSid=AC&EventType=document_updated&DocumentData=%7B%7D"
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    async def lane(client: httpx.AsyncClient, n: int) -> None:
+        for _ in range(n):
+            response = await client.post(f"http://127.0.0.1:{port}/ceiling", content=body, headers=headers)
+            if response.status_code != 200:
+                raise BenchError(f"httpx ceiling: HTTP {response.status_code}")
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        clients = [httpx.AsyncClient(limits=limits) for _ in range(concurrency)]
+        started = time.perf_counter()
+        await asyncio.gather(*(lane(c, count // concurrency) for c in clients))
+        elapsed = time.perf_counter() - started
+        for client in clients:
+            await client.aclose()
+        return elapsed
+
+    return round(count // concurrency * concurrency / asyncio.run(run()))
 
 
 def _same_process(redis: RedisProcess, plan: WebhookPlan, workdir: Path, port: int) -> dict[str, Any]:
