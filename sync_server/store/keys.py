@@ -41,10 +41,11 @@ not its SID's, it still lives in its SID's partition (so its channel is always f
 its name is in that partition's names hash, and the name's partition holds an alias entry that
 sends a lookup by name there (``moved``): only such documents pay a second round trip.
 
-Scripts get every key known in advance in KEYS. Two kinds of keys are derived inside scripts,
+Scripts get every key known in advance in KEYS. A few kinds of keys are derived inside scripts,
 always with the partition's own tag and so in the slot of the declared keys: the document and
 permission keys of a lookup by unique name (the SID is read from the names hash in the script) or
-of a listing, and a deleted service's renamed keys in the purge step of the sweep.
+of a listing, a deleted service's renamed keys in the purge step of the sweep, an expired document's
+service copy (for its webhook) in the sweep, and the services' backlogs counted by ``wh_size``.
 """
 
 from __future__ import annotations
