@@ -71,7 +71,7 @@ SMOKE = Plan(
     expiry_documents=20,
     expiry_ttl=(1, 2),
     webhooks=WebhookPlan(
-        RestPlan(seconds=1, connections=8, documents=50), paced_rate=50, paced_seconds=0.5, separate=False
+        RestPlan(seconds=1, connections=8, documents=20), paced_rate=40, paced_seconds=0.25, separate=False
     ),
 )
 

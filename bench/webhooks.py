@@ -98,6 +98,12 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+def warm_up(port: int, plan: WebhookPlan, workdir: Path) -> None:
+    """Two seconds of the load first, as the REST scenario's document creation does (not in smoke runs)."""
+    if plan.rest.seconds >= 4:
+        load(port, "set", "wh", plan.rest.documents, replace(plan.rest, seconds=2.0), workdir)
+
+
 def run_webhooks(redis: RedisProcess, plan: WebhookPlan, workdir: Path) -> dict[str, Any]:
     hook = receiver(workdir / "webhook-receiver").start()
     assert hook.port is not None
@@ -118,9 +124,7 @@ def _separate_process(redis: RedisProcess, plan: WebhookPlan, workdir: Path, por
     serving = procs.SyncServer(workdir / "webhooks-serving", redis.url, env={"SYNC_WEBHOOKS": "off"}).start()
     try:
         procs.rest_call(serving.port, "POST", "/v1/Services/default", {"WebhookUrl": ""})
-        load(
-            serving.port, "set", "wh", rest.documents, replace(rest, seconds=min(2.0, rest.seconds)), workdir
-        )
+        warm_up(serving.port, plan, workdir)
         without = load(serving.port, "set", "wh", rest.documents, rest, workdir)
         webhook = {"WebhookUrl": f"http://127.0.0.1:{port}/hook", "WebhooksFromRestEnabled": "true"}
         procs.rest_call(serving.port, "POST", "/v1/Services/default", webhook)
@@ -179,7 +183,7 @@ def _same_process(redis: RedisProcess, plan: WebhookPlan, workdir: Path, port: i
         rest = plan.rest
         write_body(workdir)
         create_documents(server.port, "wh", rest.documents)
-        load(server.port, "set", "wh", rest.documents, replace(rest, seconds=min(2.0, rest.seconds)), workdir)
+        warm_up(server.port, plan, workdir)
         without = load(server.port, "set", "wh", rest.documents, rest, workdir)
         url = f"http://127.0.0.1:{port}/hook"
         procs.rest_call(
