@@ -142,3 +142,17 @@ def test_backoff_doubles_with_jitter_under_its_cap() -> None:
         assert max(waits) - min(waits) > ceiling / 4  # jittered, not in lockstep
     assert not policy.gave_up(1000.0, 1000.0 + 3599)
     assert policy.gave_up(1000.0, 1000.0 + 3600)
+
+
+async def test_an_unusable_url_is_a_failed_attempt_not_a_crash() -> None:
+    sender = Sender(ACCOUNT, TOKEN, timeout=2, concurrency=1)
+    try:
+        for url, error in [("http://[::1", "invalid URL"), ("http://127.0.0.1:9/refused", "cannot connect")]:
+            webhook = from_entry(entry(u=url))
+            assert isinstance(webhook, Webhook)
+            async with sender.receiver(url).slot() as connection:
+                outcome = await sender.send(connection, webhook)
+            assert (outcome.delivered, outcome.status) == (False, None)
+            assert outcome.error.startswith(error), outcome.error
+    finally:
+        await sender.aclose()

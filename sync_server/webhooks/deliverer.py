@@ -71,6 +71,7 @@ class Deliverer:
         """Each reader's read in flight: the partitions it covers, and set when it returns."""
         self._stopping = False
         self._last_orphan_claim = 0.0
+        self._warned_at = 0.0
 
     # -- the lifecycle -----------------------------------------------------------------------------
 
@@ -109,13 +110,12 @@ class Deliverer:
     # -- leases ------------------------------------------------------------------------------------
 
     async def _keep_leases(self) -> None:
-        warned = 0.0
         while not self._stopping:
             try:
                 await self._tick()
             except errors.SyncError as exc:
-                if time.monotonic() - warned > 30:  # Redis down: once per 30 s, not every tick
-                    warned = time.monotonic()
+                if time.monotonic() - self._warned_at > 30:  # Redis down: once per 30 s, not every tick
+                    self._warned_at = time.monotonic()
                     log.warning("webhook delivery cannot reach Redis: %s", exc.message)
             except Exception:
                 log.exception("webhook delivery: lease keeping failed")
@@ -182,7 +182,10 @@ class Deliverer:
             del self.owned[partition.number]
             return
         if isinstance(exc, errors.SyncError):
-            log.warning("webhook partition %d: %s; starting it again", partition.number, exc.message)
+            # Redis down fails every partition, every second: one line per 30 s says it.
+            if time.monotonic() - self._warned_at > 30:
+                self._warned_at = time.monotonic()
+                log.warning("webhook partition %d: %s; starting it again", partition.number, exc.message)
         else:
             log.error("webhook partition %d failed; starting it again", partition.number, exc_info=exc)
         self._begin(partition.number, RESTART_DELAY)
