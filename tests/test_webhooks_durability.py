@@ -79,6 +79,19 @@ def write(proc: ServerProcess, service: str, name: str, revision: int) -> None:
     assert response.is_success, response.text
 
 
+def write_until_accepted(proc: ServerProcess, service: str, name: str, revision: int) -> None:
+    """Right after a Redis restart a write may find it loading: refused (503), nothing is written,
+    and the next attempt goes through."""
+    docs = f"{proc.base_url}/v1/Services/{service}/Documents/{name}"
+    for _ in range(50):
+        response = httpx.post(docs, data={"Data": json.dumps({"r": revision})}, auth=proc.auth)
+        if response.is_success:
+            return
+        assert response.status_code == 503, response.text
+        time.sleep(0.1)
+    raise AssertionError(f"{name} never accepted revision {revision}")
+
+
 def revisions_by_document(delivered: list[Received]) -> dict[str, list[int]]:
     """Each document's delivered revisions, in arrival order, repeats included."""
     found: dict[str, list[int]] = {}
@@ -243,3 +256,29 @@ async def test_a_receiver_that_never_recovers_ends_in_dead_letters_and_replay_de
         assert listed() == []
     finally:
         proc.kill()
+
+
+async def test_a_redis_restart_under_delivery_loses_no_written_webhook(
+    tmp_path: Path, receiver: Receiver, path: str
+) -> None:
+    """Redis (with AOF, as the embedded one) restarts while webhooks flow: writes refused meanwhile
+    got a 503 and were never written; every one that succeeded is delivered, in order."""
+    redis = start_redis(tmp_path / "aof-redis", persistent=True)
+    proc = server(tmp_path, redis, "only").start()
+    try:
+        service = webhook_service(proc.base_url, receiver.url(path))
+        written: dict[str, int] = {}
+        for revision in range(3):
+            for name in ("r0", "r1", "r2"):
+                write(proc, service, name, revision)
+                written[name] = revision + 1
+        redis.restart()
+        for revision in range(3, 5):
+            for name in ("r0", "r1", "r2"):
+                write_until_accepted(proc, service, name, revision)
+                written[name] = revision + 1
+        await receiver.wait_for(lambda r: len({x.token for x in r.delivered(path)}) == 15, within=30)
+        assert_complete_and_in_order(receiver.delivered(path), written)
+    finally:
+        proc.kill()
+        redis.stop()
