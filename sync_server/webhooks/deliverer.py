@@ -122,7 +122,9 @@ class Deliverer:
             await asyncio.sleep(self.lease / 3)
 
     async def _tick(self) -> None:
-        members = await self.outbox.join(self.lease * 2)
+        # As long as a lease: a dead process stops counting when its leases lapse, so the others'
+        # share grows to cover its partitions at the same moment.
+        members = await self.outbox.join(self.lease)
         share = -(-PARTITIONS // max(members, 1))
         # Those being given back too: their requests in flight must finish before another process
         # may deliver the partition.
