@@ -42,9 +42,9 @@ SWEEP_AUDIT = 10
 because every process sweeps every service several times a second, and the case is rare (an
 operator's EXPIRE, or volatile-* eviction)."""
 STORING_SCRIPTS = frozenset({"doc_create", "doc_write"})
+"""Scripts whose ``ok`` reply means Redis accepted a write that needs memory (see conditions.py)."""
 COPIED_SETTINGS = frozenset({"acl_enabled", "webhook_url", "webhooks_from_rest_enabled"})
 """Service settings the document scripts read from each partition's copy (lua/svc_part.lua)."""
-"""Scripts whose ``ok`` reply means Redis accepted a write that needs memory (see conditions.py)."""
 SERVICE_DEFAULTS: dict[str, str] = {
     "friendly_name": "",
     "unique_name": "",
