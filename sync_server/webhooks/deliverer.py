@@ -183,13 +183,13 @@ class Deliverer:
             log.warning("webhook partition %d: lease lost to another process", partition.number)
             del self.owned[partition.number]
             return
-        if isinstance(exc, errors.SyncError):
-            # Redis down fails every partition, every second: one line per 30 s says it.
-            if time.monotonic() - self._warned_at > 30:
-                self._warned_at = time.monotonic()
+        # Redis down fails every partition, every second (and a bug may too): one line per 30 s says it.
+        if time.monotonic() - self._warned_at > 30:
+            self._warned_at = time.monotonic()
+            if isinstance(exc, errors.SyncError):
                 log.warning("webhook partition %d: %s; starting it again", partition.number, exc.message)
-        else:
-            log.error("webhook partition %d failed; starting it again", partition.number, exc_info=exc)
+            else:
+                log.error("webhook partition %d failed; starting it again", partition.number, exc_info=exc)
         self._begin(partition.number, RESTART_DELAY)
 
     def _drop(self, number: int) -> None:
