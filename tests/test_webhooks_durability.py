@@ -282,3 +282,19 @@ async def test_a_redis_restart_under_delivery_loses_no_written_webhook(
     finally:
         proc.kill()
         redis.stop()
+
+
+def test_the_cli_finds_the_embedded_redis_running_or_not(tmp_path: Path) -> None:
+    """Without --redis-url the CLI reads the embedded Redis of --data-dir: through the running
+    server's socket, or one it starts itself when no server runs."""
+    proc = ServerProcess(tmp_path, redis_url=None, env=FAST).start()
+    args = ("webhooks", "dead-letters", "list", "--data-dir", str(proc.data_dir))
+    try:
+        running = run_cli(*args, env=subprocess_env())
+        assert running.returncode == 0, running.stderr
+        assert "0 dead letters" in running.stderr
+    finally:
+        assert proc.stop() == 0
+    stopped = run_cli(*args, "--json", env=subprocess_env())
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout) == []
