@@ -33,9 +33,10 @@ from bench.fanout import FanoutPlan, run_expiry, run_fanout, run_idle, run_recov
 from bench.fleet_process import FLEET_DIR, BenchError, npm_install
 from bench.rest import RestPlan, run_rest
 from bench.sharedb import SHARED_PEER, peer_available, prepare_peer, run_sharedb
+from bench.webhooks import WebhookPlan, run_webhooks
 
 BENCH_DIR = Path(__file__).resolve().parent
-SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry", "cluster")
+SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry", "cluster", "webhooks")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Plan:
     expiry_documents: int
     expiry_ttl: tuple[int, int]
     cluster: ClusterPlan
+    webhooks: WebhookPlan
 
 
 FULL = Plan(
@@ -61,6 +63,7 @@ FULL = Plan(
     expiry_documents=1000,
     expiry_ttl=(3, 5),
     cluster=ClusterPlan(),
+    webhooks=WebhookPlan(RestPlan(seconds=8)),
 )
 SMOKE = Plan(
     rest=RestPlan(seconds=1, connections=8, documents=50, workers=(1,), redis_requests=2000),
@@ -72,6 +75,9 @@ SMOKE = Plan(
     expiry_documents=20,
     expiry_ttl=(1, 2),
     cluster=CLUSTER_SMOKE,
+    webhooks=WebhookPlan(
+        RestPlan(seconds=1, connections=8, documents=20), paced_rate=40, paced_seconds=0.25, separate=False
+    ),
 )
 
 
@@ -241,6 +247,10 @@ class Runner:
                 # Its own single Redis and cluster, fresh: idle CPU is measured on empty stores.
                 self.results["cluster"] = self.step(
                     "Redis Cluster vs a single Redis", lambda: run_cluster(self.plan.cluster, self.workdir)
+                )
+            if "webhooks" in self.only:
+                self.results["webhooks"] = self.step(
+                    "webhooks", lambda: run_webhooks(redis, self.plan.webhooks, self.workdir)
                 )
             if self.args.profile:
                 self.results["profiles"] = self.step("py-spy profiles", lambda: self.profiles(redis))

@@ -230,13 +230,22 @@ class Managed:
 class SyncServer(Managed):
     """``python -m sync_server`` on its own port and data directory, against the run's Redis."""
 
-    def __init__(self, workdir: Path, redis_url: str, *, workers: int = 1, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str,
+        *,
+        workers: int = 1,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         port = port or free_port()
         command = [PYTHON, "-m", "sync_server", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--redis-url", redis_url, "--workers", str(workers), "--data-dir", str(workdir / "data")]
         # Access logging costs CPU on every request; production deployments choose their own level.
         command += ["--log-level", "warning"]
-        super().__init__(f"sync-w{workers}-{port}", command, workdir, env={**CREDENTIALS, **SERVER_TUNING})
+        env = {**CREDENTIALS, **SERVER_TUNING, **(env or {})}
+        super().__init__(f"sync-w{workers}-{port}", command, workdir, env=env)
         self.port = port
         self.workers = workers
 

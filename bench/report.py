@@ -100,6 +100,19 @@ def targets(results: dict[str, Any]) -> list[Target]:
             )
         )
     found += cluster.targets(results.get("cluster"))
+    webhooks = results.get("webhooks")
+    if webhooks:
+        found += [
+            ("REST writes/s with a webhook vs without, delivered in-process (>= 0.9x)",
+             webhooks["writes_ratio"], 0.9, False),
+            ("REST writes/s with a webhook vs without, delivered by another process (>= 0.9x)",
+             webhooks.get("separate_writes_ratio"), 0.9, False),
+            ("webhook deliveries/s to one receiver, one process (>= 1000)",
+             (webhooks.get("with_webhook_separate") or {}).get("drained_per_s", webhooks["delivered_per_s"]),
+             1000.0, False),
+            (f"p99 write to webhook at {webhooks['paced']['rate']}/s (< 100 ms)",
+             webhooks["paced"]["latency_ms"]["p99"], 100.0, True),
+        ]  # fmt: skip
     ours = [i for i in results.get("idle", []) if i.get("design", "sync-server") == "sync-server"]
     for idle in ours:
         found.append(
@@ -273,6 +286,31 @@ def _other_sections(results: dict[str, Any]) -> list[str]:
         cells = (f"{r['server_restart_s']:.2f}", f"{r['recovery_s']:.2f}", r["stale"], r["duplicated"])
         row = _row(f"{r['subscribers']:,}", r["rate"], *cells)
         lines += _table("**Recovery** (server restarted under load)", header, [row])
+    if results.get("webhooks"):
+        w = results["webhooks"]
+        rows = [
+            _row("no webhook", f"{w['without_webhook']['writes_per_s']:,}", "1x", "-"),
+            _row("webhook, delivered in the serving process", f"{w['with_webhook']['writes_per_s']:,}",
+                 _x(w["writes_ratio"]), f"{w['delivered_per_s']:,}"),
+        ]  # fmt: skip
+        if "with_webhook_separate" in w:
+            separate = w["with_webhook_separate"]
+            writes, drained = f"{separate['writes_per_s']:,}", f"{separate['drained_per_s']:,}"
+            label = "webhook, not delivered meanwhile (vs its own run without)"
+            rows.append(_row(label, writes, _x(w["separate_writes_ratio"]), "-"))
+            ceiling = f"{separate['httpx_ceiling_per_s']:,}"
+            rows.append(
+                _row(
+                    "(then a second process delivers that backlog)", "-", "-", f"{drained} (httpx: {ceiling})"
+                )
+            )
+        header = ["REST writes (1 KiB, 64 connections)", "writes/s", "vs no webhook", "webhooks delivered/s"]
+        lines += _table("**Webhooks** (one local receiver, healthy)", header, rows)
+        lat = w["paced"]["latency_ms"]
+        row = _row(
+            w["paced"]["rate"], w["paced"]["webhooks"], _fmt(lat["p50"]), _fmt(lat["p99"]), _fmt(lat["max"])
+        )
+        lines += _table("**Write to webhook**", ["writes/s", "webhooks", "p50 ms", "p99 ms", "max ms"], [row])
     if results.get("expiry"):
         e = results["expiry"]
         lag = e["lag_ms"]

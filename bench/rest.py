@@ -190,6 +190,7 @@ def run_redis_benchmark(redis: RedisProcess, prefix: str, plan: RestPlan) -> dic
         keys.expiry(partition),
         keys.last_score(partition),
         keys.alias(partition),
+        keys.outbox(partition),
         keys.document_key(service, sid),
         keys.permission_key(service, sid),
     ]

@@ -40,7 +40,11 @@ from sync_server.rest.responses import error_response, json_response
 from sync_server.store.conditions import WarningThrottle
 from sync_server.store.migrate import check_layout
 from sync_server.store.redis_store import RedisStore
+from sync_server.store.webhook_outbox import RedisOutbox
 from sync_server.tokens import TokenVerifier
+from sync_server.webhooks.deliverer import Deliverer
+from sync_server.webhooks.retry import RetryPolicy
+from sync_server.webhooks.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +171,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     authenticator = SocketAuthenticator(documents, TokenVerifier(settings.account_sid, api_keys), auth)
     native = NativeEndpoint(documents, hub, authenticator, settings.limits)
     twilsock = TwilsockEndpoint(documents, hub, authenticator, settings.limits)
+    deliverer = _deliverer(settings, store)
 
     async def healthz(request: Request) -> Response:
         # 503 when degraded too: writes fail, so a load balancer should prefer another instance.
@@ -196,10 +201,19 @@ def create_app(settings: Settings | None = None) -> SyncApp:
             hub.shard_by(store.topology)
         await hub.start()
         sweeper = asyncio.create_task(_sweep_forever(store, settings.expiry_interval))
+        if deliverer is not None:
+            with contextlib.suppress(errors.SyncError):  # Redis down: the next start copies them
+                await store.copy_webhook_settings()
+            deliverer.start()
         try:
             yield
         finally:
             sweeper.cancel()
+            if deliverer is not None:
+                # Deliveries in flight finish (or go back to the outbox for another process); half
+                # the drain timeout, the requests' drain having had the whole of it already.
+                await deliverer.stop(settings.limits.drain_timeout / 2)
+                await deliverer.outbox.aclose()
             await hub.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -236,6 +250,22 @@ def create_app(settings: Settings | None = None) -> SyncApp:
     # The native protocol, and the official Twilio Sync JS SDK's (Twilsock V3.0).
     sockets: dict[str, SocketEndpoint] = {"/ws": native, "/v3/wsconnect": twilsock}
     return SyncApp(app, rest, sockets, HostPolicy(settings.allowed_hosts))
+
+
+def _deliverer(settings: Settings, store: RedisStore) -> Deliverer | None:
+    """The webhook deliverer of this process, or None when ``SYNC_WEBHOOKS`` is off."""
+    config = settings.webhooks
+    if not config.enabled:
+        return None
+    sender = Sender(
+        settings.account_sid, settings.auth_token, timeout=config.timeout, concurrency=config.concurrency
+    )
+    return Deliverer(
+        RedisOutbox(store, timeout=settings.redis_timeout),
+        sender,
+        RetryPolicy(config.first_wait, config.max_wait, config.retry_for),
+        lease=config.lease,
+    )
 
 
 async def _sweep_forever(store: RedisStore, interval: float) -> None:

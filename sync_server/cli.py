@@ -1,4 +1,5 @@
-"""The ``sync-server`` command: ``serve`` (the default), ``token`` and ``credentials``.
+"""The ``sync-server`` command: ``serve`` (the default), ``token``, ``credentials``, ``migrate`` and
+``webhooks`` (cli_webhooks.py).
 
 ``serve`` resolves the credentials, starts the embedded Redis unless a Redis URL is given (the bundled
 Valkey unless ``--redis-server`` names another, checked against the server that wrote its data), exports
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "sync-server"
-COMMANDS = ("serve", "token", "credentials", "migrate")
+COMMANDS = ("serve", "token", "credentials", "migrate", "webhooks")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": print_token,
         "credentials": print_credentials,
         "migrate": run_migration,
+        "webhooks": _run_webhooks,
     }
     try:
         return handlers[args.command](args)
@@ -127,6 +129,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="stop after this many documents (run again to go on)",
     )
     _add_data_dir(migrate, env)
+    from sync_server import cli_webhooks
+
+    cli_webhooks.add_parser(commands, env, add_data_dir=_add_data_dir, redis_url=_redis_url)
     return parser
 
 
@@ -296,6 +301,15 @@ def _address(redis_url: str) -> str:
     if parts.scheme == "unix":
         return parts.path
     return f"{parts.hostname}:{parts.port or 6379}"
+
+
+def _run_webhooks(args: argparse.Namespace) -> int:
+    from sync_server import cli_webhooks
+
+    try:
+        return cli_webhooks.run(args)
+    except cli_webhooks.UsageError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:

@@ -53,6 +53,45 @@ class Limits:
     """Whole seconds a stopping server (SIGTERM) gives requests in flight to finish before cancelling them."""
 
 
+@dataclass(frozen=True)
+class WebhookSettings:
+    """How webhooks are delivered (see webhooks/ and README "Webhooks")."""
+
+    enabled: bool = True
+    """Whether this process delivers (``SYNC_WEBHOOKS``); writes fill the outbox regardless."""
+    timeout: float = 15.0
+    """Seconds one attempt may take, connection and answer (Twilio's limit)."""
+    first_wait: float = 1.0
+    """Seconds before the first retry; each further wait doubles, with jitter."""
+    max_wait: float = 30.0
+    """The cap on the wait between two attempts."""
+    retry_for: float = 3600.0
+    """Seconds after the change that a failing webhook is retried; then it is a dead letter."""
+    concurrency: int = 16
+    """Requests in flight to one receiver (scheme, host and port), per server process."""
+    lease: float = 15.0
+    """Seconds a process's hold on its partitions outlives it: a dead process's webhooks are taken
+    over within about this plus a third."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WebhookSettings:
+        def seconds(name: str, default: float) -> float:
+            value = float(env.get(name) or default)
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+            return value
+
+        return cls(
+            enabled=env.get("SYNC_WEBHOOKS", "on").strip().lower() not in ("off", "0", "false", "no"),
+            timeout=seconds("SYNC_WEBHOOK_TIMEOUT", cls.timeout),
+            first_wait=seconds("SYNC_WEBHOOK_FIRST_WAIT", cls.first_wait),
+            max_wait=seconds("SYNC_WEBHOOK_MAX_WAIT", cls.max_wait),
+            retry_for=seconds("SYNC_WEBHOOK_RETRY_FOR", cls.retry_for),
+            concurrency=max(1, int(env.get("SYNC_WEBHOOK_CONCURRENCY") or cls.concurrency)),
+            lease=seconds("SYNC_WEBHOOK_LEASE", cls.lease),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str
@@ -76,6 +115,7 @@ class Settings:
     when the server listens beyond loopback (:attr:`host`), ``always`` or ``never``."""
     host: str = "127.0.0.1"
     """The listening address (``SYNC_HOST``, set by the CLI)."""
+    webhooks: WebhookSettings = WebhookSettings()
 
     @property
     def metrics_need_credentials(self) -> bool:
@@ -122,6 +162,7 @@ class Settings:
             allowed_hosts=allowed_hosts,
             metrics_auth=_metrics_auth(env.get("SYNC_METRICS_AUTH") or "auto"),
             host=env.get("SYNC_HOST") or "127.0.0.1",
+            webhooks=WebhookSettings.from_env(env),
         )
 
 

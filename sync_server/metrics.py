@@ -322,11 +322,32 @@ DOCUMENTS_EXPIRED: Final[Value] = _counter(
 )
 
 # -- webhooks ------------------------------------------------------------------------------------------
-# The seam for the webhook sender, which does not exist yet: it is to count here, in the same style,
-#   sync_webhook_deliveries_total{outcome}  (delivered, failed, dropped)
-#   sync_webhook_retries_total
-#   sync_webhook_backlog                    (gauge, livesum)
-#   sync_webhook_dead_letters_total
+
+WEBHOOK_OUTCOMES: Final = ("delivered", "failed", "dropped")
+_WEBHOOK_DELIVERIES = _counter(
+    "sync_webhook_deliveries_total",
+    "Webhook attempts and losses, by outcome (delivered: a 2xx answer; failed: an attempt that got "
+    "another answer, none in time, or no connection, to be retried; dropped: lost undelivered to the "
+    "outbox's bound while no process delivered)",
+    ("outcome",),
+)
+WEBHOOK_DELIVERIES: Final[dict[str, Value]] = {o: _WEBHOOK_DELIVERIES.labels(o) for o in WEBHOOK_OUTCOMES}
+WEBHOOK_RETRIES: Final[Value] = _counter(
+    "sync_webhook_retries_total", "Webhook attempts after the first one of the same webhook"
+)
+WEBHOOK_DEAD_LETTERS: Final[Value] = _counter(
+    "sync_webhook_dead_letters_total", "Webhooks given up on after their retries (kept as dead letters)"
+)
+WEBHOOK_BACKLOG: Final[Level] = _gauge(
+    "sync_webhook_backlog",
+    "Webhooks written and not delivered yet (in the outbox or waiting for a retry), in the partitions "
+    "this process delivers; summed over the processes, the whole backlog",
+)
+WEBHOOK_DURATION: Final[Timing] = _histogram(
+    "sync_webhook_attempt_duration_seconds",
+    "Seconds one webhook attempt took, from sending to the answer (or the failure)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
+)
 
 
 # -- exposition ----------------------------------------------------------------------------------------

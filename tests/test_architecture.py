@@ -1,4 +1,5 @@
-"""The shape of the code, pinned: one door to the store, and Redis behind the store and the hub.
+"""The shape of the code, pinned: one door to the store, Redis behind the store and the hub, and HTTP
+out of the server (webhooks) in one module.
 
 Read from the sources' import statements (an import inside a function counts too), so a shortcut from
 an adapter to the store, or a Redis call outside the two modules that own Redis, fails here.
@@ -12,8 +13,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sync_server"
 # The composition root builds the concrete store and hub; the hub owns pub/sub (its connection module
 # shares the store's RESP encoder and connect timeout); the document service is the one door every
-# adapter goes through.
-MAY_IMPORT_THE_STORE = {"app.py", "documents.py", "hub.py", "hub_connection.py", "cli.py"}
+# adapter goes through. The CLI's commands are entry points that build what they need, like the
+# composition root.
+MAY_IMPORT_THE_STORE = {"app.py", "documents.py", "hub.py", "hub_connection.py", "cli.py", "cli_webhooks.py"}
 MAY_IMPORT_REDIS = {"app.py", "hub.py"}
 
 
@@ -73,3 +75,15 @@ def test_only_the_transport_knows_the_websocket_server() -> None:
         and any(m.split(".")[0] in ("uvicorn", "websockets") for m in found)
     }
     assert offenders == {}
+
+
+def test_only_the_webhook_sender_makes_http_requests() -> None:
+    """The webhooks package reaches Redis only through its outbox contract (the rules above hold for
+    it too), and the network only through webhooks/sender.py."""
+    offenders = {
+        name: sorted(m for m in found if m == "httpx" or m.startswith("httpx."))
+        for name, found in modules()
+        if name != "webhooks/sender.py" and any(m == "httpx" or m.startswith("httpx.") for m in found)
+    }
+    assert offenders == {}
+    assert "httpx" in imports(PACKAGE / "webhooks/sender.py")

@@ -19,9 +19,10 @@ class DocumentStore(Protocol):
     """Documents of one account, addressed by the principal's service and a document SID or name.
 
     Atomicity: every write is one Lua script: the permission check, the revision check, the revision
-    bump (exactly +1), the data and TTL change, the index updates and the PUBLISH of the event happen
-    together or not at all. Events on a document's channel are therefore in revision order, none is
-    sent for a write that failed, and a permission change can never race a write through.
+    bump (exactly +1), the data and TTL change, the index updates, the PUBLISH of the event and, for a
+    service with a webhook, its entry in the partition's webhook outbox happen together or not at all.
+    Events on a document's channel (and webhooks in its outbox) are therefore in revision order, none
+    is sent for a write that failed, and a permission change can never race a write through.
 
     Access control: a restricted principal (``Principal.restricted``) on a service with
     ``acl_enabled`` needs the document's read right to fetch, write to write, manage to delete, and

@@ -18,10 +18,18 @@ tag, ``S`` a service SID, ``D`` a document SID:
     sync:{T}:g:S:G:n    hash    its names hash, renamed with it
     sync:{T}:alias      hash    "S:name" -> partition, for migrated names that live elsewhere
     sync:{T}:c:D        channel the document's events (PUBLISH, or SPUBLISH on a cluster)
+    sync:{T}:wh         stream  the webhook outbox: one entry per change of a service with a webhook,
+                                appended by the write script itself; consumer group ``webhooks``
+    sync:{T}:wl         string  the lease of the server process delivering the partition's webhooks
+    sync:{T}:wb:S       list    service S's webhooks waiting for a retry here, oldest first
+    sync:{T}:wbs        set     the services with such a backlog here
+    sync:{T}:wd         list    webhooks given up on here (dead letters), oldest first
     sync:{S}:svc        hash    the service's settings (canonical)
     sync:{services}:index  zset   service SID scored by creation sequence
     sync:{services}:seq    string service creation counter
     sync:{services}:layout string the layout version of the store (see :data:`LAYOUT_VERSION`)
+    sync:{services}:webhooks string set once every service's webhook is in its partition copies
+    sync:{webhooks}:members  zset  the server processes delivering webhooks, scored by when they lapse
 
 A document lives in the partition its SID names (``int(sid[2:4], 16) % PARTITIONS``). A new
 document's SID is made to name the right partition (:func:`new_document_sid`): for a named
@@ -33,10 +41,11 @@ not its SID's, it still lives in its SID's partition (so its channel is always f
 its name is in that partition's names hash, and the name's partition holds an alias entry that
 sends a lookup by name there (``moved``): only such documents pay a second round trip.
 
-Scripts get every key known in advance in KEYS. Two kinds of keys are derived inside scripts,
+Scripts get every key known in advance in KEYS. A few kinds of keys are derived inside scripts,
 always with the partition's own tag and so in the slot of the declared keys: the document and
 permission keys of a lookup by unique name (the SID is read from the names hash in the script) or
-of a listing, and a deleted service's renamed keys in the purge step of the sweep.
+of a listing, a deleted service's renamed keys in the purge step of the sweep, an expired document's
+service copy (for its webhook) in the sweep, and the services' backlogs counted by ``wh_size``.
 """
 
 from __future__ import annotations
@@ -63,6 +72,10 @@ Pasted, not computed at import: data depends on these strings, which must never 
 SERVICE_INDEX = "sync:{services}:index"
 SERVICE_SEQ = "sync:{services}:seq"
 LAYOUT = "sync:{services}:layout"
+WEBHOOK_COPIES = "sync:{services}:webhooks"
+"""Set once the webhook settings of every service are in its partition copies (services written by a
+version without webhooks have none there): see ``RedisStore.copy_webhook_settings``."""
+WEBHOOK_MEMBERS = "sync:{webhooks}:members"
 LAYOUT_VERSION = "2"
 """Written by a store that starts empty and by ``sync-server migrate``; absent in a store of the
 first layout (all of a service's keys under ``{IS…}``)."""
@@ -115,6 +128,26 @@ def dead(partition: int) -> str:
 
 def alias(partition: int) -> str:
     return f"{PREFIXES[partition]}alias"
+
+
+def outbox(partition: int) -> str:
+    return f"{prefix(partition)}wh"
+
+
+def outbox_lease(partition: int) -> str:
+    return f"{prefix(partition)}wl"
+
+
+def outbox_backlog(partition: int, service_sid: str) -> str:
+    return f"{prefix(partition)}wb:{service_sid}"
+
+
+def outbox_backlogged(partition: int) -> str:
+    return f"{prefix(partition)}wbs"
+
+
+def dead_letters(partition: int) -> str:
+    return f"{prefix(partition)}wd"
 
 
 def graveyard(partition: int, service_sid: str, generation: str) -> tuple[str, str]:

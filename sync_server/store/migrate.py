@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from sync_server import errors
 from sync_server.store import keys
-from sync_server.store.redis_store import RedisStore
+from sync_server.store.redis_store import RedisStore, service_from_hash
 
 log = logging.getLogger("sync_server.store")
 
@@ -86,7 +86,7 @@ async def migrate(store: RedisStore, limit: int | None = None) -> Report:
         if not canonical:
             continue  # an index entry of a service whose creation never finished
         report.services += 1
-        await store._put_copies(service, canonical.get(b"acl_enabled", b"0").decode())
+        await store._put_copies(service_from_hash(service, canonical))
         docs = keys.Legacy.docs(service)
         flat = await store._command(docs, "ZRANGE", docs, 0, -1, "WITHSCORES")
         rows = [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]

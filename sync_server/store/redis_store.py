@@ -48,6 +48,8 @@ because every process sweeps every partition several times a second, and the cas
 operator's EXPIRE, or volatile-* eviction)."""
 STORING_SCRIPTS = frozenset({"doc_create", "doc_write"})
 """Scripts whose ``ok`` reply means Redis accepted a write that needs memory (see conditions.py)."""
+COPIED_SETTINGS = frozenset({"acl_enabled", "webhook_url", "webhooks_from_rest_enabled"})
+"""Service settings the document scripts read from each partition's copy (lua/svc_part.lua)."""
 SERVICE_DEFAULTS: dict[str, str] = {
     "friendly_name": "",
     "unique_name": "",
@@ -199,6 +201,7 @@ class RedisStore:
             keys.expiry(partition),
             keys.last_score(partition),
             keys.alias(partition),
+            keys.outbox(partition),
         ]
         if document_sid is not None:
             found += [
@@ -435,7 +438,7 @@ class RedisStore:
             script_keys: list[str] = []
             prefixes: list[str | int | bytes] = []
             for p in group:
-                script_keys += [keys.expiry(p), keys.dead(p)]
+                script_keys += [keys.expiry(p), keys.dead(p), keys.outbox(p)]
                 prefixes.append(keys.prefix(p))
             start = random.randrange(len(group)) + 1
             args = ["", start, self.publish_command, limit, SWEEP_AUDIT, self.purge_step, *prefixes]
@@ -497,9 +500,9 @@ class RedisStore:
         if ensure:
             reply = await self._run("svc_create", [keys.service_key(sid)], args)
             service = _service(sid, reply[1:])
-            await self._put_copies(sid, "1" if service.acl_enabled else "0")
+            await self._put_copies(service)
         else:
-            await self._put_copies(sid, settings.get("acl_enabled", "0"))
+            await self._put_copies(_service_from_settings(sid, settings))
             reply = await self._run("svc_create", [keys.service_key(sid)], args)
             if reply[0] == b"exists":  # pragma: no cover - a random 128-bit SID collided
                 raise errors.SyncError("Service SID collision, try again")
@@ -509,7 +512,15 @@ class RedisStore:
         )
         return service
 
-    async def _put_copies(self, service_sid: str, acl_enabled: str) -> None:
+    async def _put_copies(self, service: Service) -> None:
+        """Writes what the document scripts check within their slot into each partition's copy of the
+        service: ``acl_enabled`` and the webhook (URL, and whether REST changes are sent)."""
+        service_sid = service.sid
+        settings = [
+            "1" if service.acl_enabled else "0",
+            service.webhook_url or "",
+            "1" if service.webhooks_from_rest_enabled else "0",
+        ]
         await asyncio.gather(
             *(
                 self._run(
@@ -520,7 +531,7 @@ class RedisStore:
                         keys.names(p, service_sid),
                         keys.dead(p),
                     ],
-                    [keys.prefix(p), service_sid, self.publish_command, "put", acl_enabled],
+                    [keys.prefix(p), service_sid, self.publish_command, "put", *settings],
                 )
                 for p in range(keys.PARTITIONS)
             )
@@ -535,8 +546,9 @@ class RedisStore:
         return _service_from_map(service_sid, flat)
 
     async def update_service(self, service_sid: str, settings: dict[str, str]) -> Service:
-        """The canonical hash, then, when access control changes, each partition's copy (which
-        publishes ``revoked`` for its documents when it turns on: see lua/svc_part.lua)."""
+        """The canonical hash, then, when access control or the webhook changes, each partition's copy
+        (which publishes ``revoked`` for its documents when access control turns on: see
+        lua/svc_part.lua)."""
         await self._decided()
         args: list[str | int | bytes] = []
         for name, value in settings.items():
@@ -547,9 +559,27 @@ class RedisStore:
         if reply[0] == b"nosvc":
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
         service = _service(service_sid, reply[1:])
-        if "acl_enabled" in settings:
-            await self._put_copies(service_sid, "1" if service.acl_enabled else "0")
+        if settings.keys() & COPIED_SETTINGS:
+            await self._put_copies(service)
         return service
+
+    async def copy_webhook_settings(self) -> int:
+        """Puts the webhook of every service into its partition copies, once per store: a version
+        without webhooks stored ``webhook_url`` in the canonical hash only, and the write scripts read
+        the copies. Marked done in ``keys.WEBHOOK_COPIES``; safe to run from several processes at
+        once. Returns the number of services whose copies were written."""
+        if await self._command(keys.WEBHOOK_COPIES, "EXISTS", keys.WEBHOOK_COPIES):
+            return 0
+        copied = 0
+        for raw_sid in await self._command(keys.SERVICE_INDEX, "ZRANGE", keys.SERVICE_INDEX, 0, -1):
+            sid = raw_sid.decode()
+            flat = await self._command(keys.service_key(sid), "HGETALL", keys.service_key(sid))
+            service = _service(sid, flat)
+            if flat and service.webhook_url:
+                await self._put_copies(service)
+                copied += 1
+        await self._command(keys.WEBHOOK_COPIES, "SET", keys.WEBHOOK_COPIES, "1")
+        return copied
 
     async def delete_service(self, service_sid: str) -> None:
         """Gone for readers at once: the 64 copies are dropped first (every document script then
@@ -728,6 +758,15 @@ def _permission(service_sid: str, document_sid: str, identity: str, flags: bytes
 
 def _service(sid: str, flat: Sequence[bytes]) -> Service:
     return _service_from_map(sid, {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
+
+
+def _service_from_settings(sid: str, settings: dict[str, str]) -> Service:
+    return _service_from_map(sid, {name.encode(): value.encode() for name, value in settings.items()})
+
+
+def service_from_hash(sid: str, raw: dict[bytes, bytes]) -> Service:
+    """A service from its canonical hash (``HGETALL sync:{S}:svc``)."""
+    return _service_from_map(sid, raw)
 
 
 def _service_from_map(sid: str, raw: dict[bytes, bytes]) -> Service:

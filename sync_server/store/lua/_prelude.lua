@@ -11,8 +11,9 @@
 -- KEYS[4]  the partition's expiry index          sync:{T}:x
 -- KEYS[5]  the partition's last creation score   sync:{T}:q
 -- KEYS[6]  the partition's alias hash            sync:{T}:alias
--- KEYS[7]  the document hash                     sync:{T}:d:S:D   (by SID only)
--- KEYS[8]  the document's permissions            sync:{T}:p:S:D   (by SID only)
+-- KEYS[7]  the partition's webhook outbox        sync:{T}:wh      (a stream)
+-- KEYS[8]  the document hash                     sync:{T}:d:S:D   (by SID only)
+-- KEYS[9]  the document's permissions            sync:{T}:p:S:D   (by SID only)
 -- ARGV[1]  the partition's key prefix            sync:{T}:
 -- ARGV[2]  the service SID
 -- ARGV[3]  the publish command: PUBLISH, or SPUBLISH on a cluster
@@ -22,7 +23,7 @@
 -- ARGV[7]  its connection (endpoint) id, '' for REST
 -- The one exception to "every key in KEYS": addressed by unique name, the document's SID is only
 -- known once the names hash is read, so its hash and permission keys are derived here from
--- ARGV[1] (the same tag, hence the same slot as KEYS[1]); by SID they are KEYS[7] and KEYS[8],
+-- ARGV[1] (the same tag, hence the same slot as KEYS[1]); by SID they are KEYS[8] and KEYS[9],
 -- which are the very same names.
 --
 -- Document hash fields: n unique name ('' when none), d data (compact JSON, opaque: never decoded
@@ -196,4 +197,54 @@ local function next_score(last_key)
   if score <= last then score = last + 1 end
   redis.call('SET', last_key, int_text(score))
   return score
+end
+
+-- The webhook outbox. A service's partition copy (KEYS[1] of the document scripts) holds its webhook:
+-- 'wh' the URL ('' or absent: none), 'whr' '1' when changes made through REST are sent too. A change
+-- that is to be sent appends one entry to the partition's stream in the very script that makes the
+-- change, so no crash can separate the two; the server processes deliver the entries through the
+-- consumer group OUTBOX_GROUP (webhooks/). Entry fields: e event type, s service, sid document,
+-- n unique name ('' none), r revision ('' unknown), d data (not on document_removed), w identity,
+-- ep endpoint ('' for REST and the server's own changes), u the URL.
+local OUTBOX_GROUP = 'webhooks'
+-- The bound on a partition's stream, for when no process delivers at all: reaching it, the oldest
+-- tenth is trimmed and a {lost = n} entry appended in its place, which the deliverer counts and logs
+-- (sync_webhook_deliveries_total{outcome="dropped"}). Delivering processes keep streams far below
+-- it: delivered entries are trimmed behind them (wh_trim.lua), failing ones move to a backlog list.
+local OUTBOX_MAX, OUTBOX_TRIM_TO = 100000, 90000
+
+-- The URL a change of the service made through `endpoint` is to be sent to, or nil. A service
+-- without a webhook pays one HGET. `always`: sent whoever made the change (the expiry sweep).
+local function webhook_url(svc_copy, endpoint, always)
+  local url = redis.call('HGET', svc_copy, 'wh')
+  if not url or url == '' then return nil end
+  if endpoint == '' and not always and redis.call('HGET', svc_copy, 'whr') ~= '1' then return nil end
+  return url
+end
+
+local function outbox_append(outbox, url, event_type, svc, sid, name, revision, data, writer, endpoint)
+  if redis.call('XLEN', outbox) >= OUTBOX_MAX then
+    local lost = redis.call('XTRIM', outbox, 'MAXLEN', OUTBOX_TRIM_TO)
+    redis.call('XADD', outbox, '*', 'lost', lost)
+  end
+  local revision_text = ''
+  if revision then revision_text = int_text(revision) end
+  if data then
+    redis.call('XADD', outbox, '*', 'e', event_type, 's', svc, 'sid', sid, 'n', name or '',
+      'r', revision_text, 'w', writer, 'ep', endpoint or '', 'u', url, 'd', data)
+  else
+    redis.call('XADD', outbox, '*', 'e', event_type, 's', svc, 'sid', sid, 'n', name or '',
+      'r', revision_text, 'w', writer, 'ep', endpoint or '', 'u', url)
+  end
+end
+
+-- Appends the webhook of a change made by a document script (KEYS and ARGV[6], ARGV[7] of the header).
+local function webhook(event_type, svc, sid, name, revision, data)
+  local url = webhook_url(KEYS[1], ARGV[7])
+  if url then outbox_append(KEYS[7], url, event_type, svc, sid, name, revision, data, ARGV[6], ARGV[7]) end
+end
+
+-- Webhook lease: whether `consumer` holds the partition's lease (KEYS[1] of the wh_* scripts).
+local function holds_lease(lease, consumer)
+  return redis.call('GET', lease) == consumer
 end

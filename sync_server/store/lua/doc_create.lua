@@ -1,5 +1,5 @@
 -- Creates a document in the partition its SID names.
--- KEYS, ARGV[1..7]  the document scripts' header (see the prelude; KEYS[7], KEYS[8] are given)
+-- KEYS, ARGV[1..7]  the document scripts' header (see the prelude; KEYS[8], KEYS[9] are given)
 -- ARGV[8]  the new document's SID (made by the store to name this partition)
 -- ARGV[9]  unique name, '' for none (validated by the caller)
 -- ARGV[10] data: a compact JSON object (validated and size-checked by the caller)
@@ -9,7 +9,8 @@
 --          | {'aliased', partition}: the name may be held by a migrated document living there
 -- With access control on, only a system principal creates: a client could hold no permission on a
 -- document that does not exist yet, and granting its creator one would open the service to anyone.
--- No event is published: nobody can be subscribed to a document that does not exist yet.
+-- No event is published: nobody can be subscribed to a document that does not exist yet; a service
+-- with a webhook gets its document_created in the outbox (see the prelude).
 -- A named document's partition is its name's, so the names hash here decides uniqueness atomically.
 local svc, restricted, created_by = ARGV[2], ARGV[5], ARGV[6]
 local sid, name, data, ttl, stale = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
@@ -30,8 +31,9 @@ end
 local now = now_seconds()
 local score = next_score(KEYS[5])
 local f = {n = name, d = data, r = 0, c = now, u = now, x = 0, b = created_by}
-redis.call('HSET', KEYS[7], 'n', name, 'd', data, 'r', 0, 'c', now, 'u', now, 'x', 0,
+redis.call('HSET', KEYS[8], 'n', name, 'd', data, 'r', 0, 'c', now, 'u', now, 'x', 0,
   'b', created_by, 'q', int_text(score))
 redis.call('ZADD', KEYS[3], int_text(score), sid)
 if ttl ~= '0' then apply_ttl(svc, KEYS[4], sid, name, ttl, now, f) end
+webhook('document_created', svc, sid, name, 0, data)
 return doc_reply('ok', sid, f)

@@ -15,7 +15,8 @@
 -- Publishes an 'updated' event with the new document on the document's channel, except for a
 -- TTL-only write (no data): that changes neither the data nor the revision, so it is no update a
 -- subscriber would see (the Twilio SDK keeps its own revision after setTtl, and a bump would make
--- the writer take its own change for a remote one).
+-- the writer take its own change for a remote one). The same holds for the webhook: document_updated
+-- goes into the outbox (see the prelude) with the event, for a change of the data only.
 
 -- Index of the closing quote of the JSON string that opens at i.
 local function string_end(s, i)
@@ -101,4 +102,5 @@ f.u = now
 redis.call('HSET', key, 'd', f.d, 'r', f.r, 'u', now)
 apply_ttl(svc, KEYS[4], sid, f.n, ttl, now, f)
 publish_updated(svc, sid, f, ARGV[6], ARGV[7])
+webhook('document_updated', svc, sid, f.n, f.r, f.d)
 return doc_reply('ok', sid, f)

@@ -5,8 +5,9 @@
 -- one call, on a cluster one call per partition, since a script touches one slot there); being one
 -- atomic script that publishes only for the index entries it removed itself, each expiry yields
 -- exactly one 'removed' event however many processes sweep, and so does each purged document.
--- KEYS[2i-1]  partition i's expiry index          sync:{T}:x
--- KEYS[2i]    partition i's deleted services      sync:{T}:dead
+-- KEYS[3i-2]  partition i's expiry index          sync:{T}:x
+-- KEYS[3i-1]  partition i's deleted services      sync:{T}:dead
+-- KEYS[3i]    partition i's webhook outbox        sync:{T}:wh
 -- ARGV[1]  unused ('': each partition's prefix is in ARGV[6+i])
 -- ARGV[2]  the partition (1-based, of this call's) to start from: the caller picks it at random
 -- ARGV[3]  the publish command: PUBLISH, or SPUBLISH on a cluster
@@ -20,11 +21,16 @@
 -- call does not always leave the same partitions for later.
 -- Keys derived here from a partition's prefix (a document's hash, permissions, names hash and
 -- index, read from an expiry entry "S:D:name"; a deleted service's renamed index and names hash,
--- read from "S:G" in its dead set) carry that partition's own tag, so they share the slot of its
--- KEYS (see the prelude).
+-- read from "S:G" in its dead set; a service's partition copy, for its webhook) carry that
+-- partition's own tag, so they share the slot of its KEYS (see the prelude).
+-- Webhooks: an expiry puts document_removed into the outbox of a service with a webhook, whatever its
+-- webhooks_from_rest_enabled (neither a client nor the backend made that change, so the backend
+-- hears of it only this way), with Identity system and no revision (the hash is gone). A deleted
+-- service's documents send none: its copies, webhook included, went with it (svc_part.lua), and the
+-- backend that deleted it knows.
 local limit, audit, step = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local removed, purged, saturated = 0, 0, 0
-local expiry, dead
+local expiry, dead, outbox
 
 local function remove(member)
   local svc, sid, name = split_member(member)
@@ -32,6 +38,10 @@ local function remove(member)
   local revision = redis.call('HGET', doc_key(svc, sid), 'r')
   purge(svc, PREFIX .. 'n:' .. svc, PREFIX .. 'i:' .. svc, expiry, sid, name)
   publish_removed(svc, sid, name, revision, 'expired')
+  local url = webhook_url(PREFIX .. 's:' .. svc, '', true)
+  if url then
+    outbox_append(outbox, url, 'document_removed', svc, sid, name, tonumber(revision), nil, 'system', '')
+  end
   removed = removed + 1
 end
 
@@ -83,12 +93,12 @@ local function sweep_partition(now)
   if purged >= step then saturated = 1 end
 end
 
-local count = #KEYS / 2
+local count = #KEYS / 3
 local now = now_seconds()
 local first = tonumber(ARGV[2])
 for i = 0, count - 1 do
   local part = (first + i - 1) % count + 1
-  expiry, dead, PREFIX = KEYS[2 * part - 1], KEYS[2 * part], ARGV[6 + part]
+  expiry, dead, outbox, PREFIX = KEYS[3 * part - 2], KEYS[3 * part - 1], KEYS[3 * part], ARGV[6 + part]
   sweep_partition(now)
 end
 return {removed, purged, saturated}

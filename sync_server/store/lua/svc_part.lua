@@ -11,6 +11,8 @@
 -- ARGV[3]  the publish command: PUBLISH, or SPUBLISH on a cluster
 -- ARGV[4]  'put': create or update the copy | 'drop': delete the service here
 -- ARGV[5]  for 'put': acl_enabled ('1' or '0'); for 'drop': the deletion's generation G
+-- ARGV[6]  for 'put': the webhook URL ('' for none)
+-- ARGV[7]  for 'put': webhooks_from_rest_enabled ('1' or '0')
 -- Returns  1 | 0 ('drop' of a partition where the service did not exist)
 -- Turning access control on publishes a 'revoked' event on the channel of each of the service's
 -- documents of this partition, naming the identities that keep their read right, so every other
@@ -22,7 +24,8 @@
 local svc, op = ARGV[2], ARGV[4]
 if op == 'put' then
   local was_enabled = redis.call('HGET', KEYS[1], 'acl_enabled') == '1'
-  redis.call('HSET', KEYS[1], 'acl_enabled', ARGV[5])
+  -- What the document scripts check within the slot: access control and the webhook (the prelude).
+  redis.call('HSET', KEYS[1], 'acl_enabled', ARGV[5], 'wh', ARGV[6], 'whr', ARGV[7])
   if not was_enabled and ARGV[5] == '1' then
     for _, sid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
       local readers = {}
