@@ -29,11 +29,13 @@ from typing import Any
 from bench import procs, report
 from bench.fanout import FanoutPlan, run_expiry, run_fanout, run_idle, run_recovery
 from bench.fleet_process import FLEET_DIR, BenchError, npm_install
+from bench.manydocs import ManyDocsPlan, run_manydocs
 from bench.rest import RestPlan, run_rest
+from bench.scale import ScalePlan, run_scale
 from bench.sharedb import SHARED_PEER, peer_available, prepare_peer, run_sharedb
 
 BENCH_DIR = Path(__file__).resolve().parent
-SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry")
+SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry", "manydocs", "scale")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Plan:
     recovery_rate: int
     expiry_documents: int
     expiry_ttl: tuple[int, int]
+    manydocs: ManyDocsPlan
+    scale: ScalePlan
 
 
 FULL = Plan(
@@ -57,6 +61,8 @@ FULL = Plan(
     recovery_rate=20,
     expiry_documents=1000,
     expiry_ttl=(3, 5),
+    manydocs=ManyDocsPlan(documents=10_000, closed_writes=30_000, rate_seconds=5, hot_deliveries=300_000),
+    scale=ScalePlan(),
 )
 SMOKE = Plan(
     rest=RestPlan(seconds=1, connections=8, documents=50, workers=(1,), redis_requests=2000),
@@ -67,7 +73,15 @@ SMOKE = Plan(
     recovery_rate=20,
     expiry_documents=20,
     expiry_ttl=(1, 2),
-)
+    manydocs=ManyDocsPlan(
+        documents=100, closed_writes=300, rate_seconds=0.5, hot_deliveries=1000, hot_subscribers=20,
+        window=16, rate=200, settle=0.5,
+    ),
+    scale=ScalePlan(
+        small=200, big=600, write_seconds=1, rounds=1, fetches=50, pages=20, expiry_documents=200,
+        expiry_sample=50, expiry_due_s=2,
+    ),
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -214,6 +228,12 @@ class Runner:
                 self.results["recovery"] = self.step("recovery", lambda: self.recovery(redis))
             if "expiry" in self.only:
                 self.results["expiry"] = self.step("expiry", lambda: self.expiry(redis))
+            if "manydocs" in self.only:
+                self.results["manydocs"] = self.step(
+                    "many documents", lambda: run_manydocs(redis, self.plan.manydocs, self.workdir)
+                )
+            if "scale" in self.only:  # on its own Redis: "1,000 documents" means what it says
+                self.results["scale"] = self.step("scale", lambda: run_scale(self.plan.scale, self.workdir))
             if self.args.profile:
                 self.results["profiles"] = self.step("py-spy profiles", lambda: self.profiles(redis))
         finally:

@@ -108,7 +108,9 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 True,
             )
         )
-    return found
+    from bench import report_growth  # it builds on this module's helpers
+
+    return found + report_growth.targets(results)
 
 
 def verdict(target: Target) -> str:
@@ -266,6 +268,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("fanout"):
         lines += _fanout_section(results)
     lines += _other_sections(results)
+    from bench import report_growth
+
+    lines += report_growth.sections(results)
     found = targets(results)
     if found:
         rows = [_row(target[0], _fmt(target[1], 2), verdict(target)) for target in found]
