@@ -21,7 +21,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -344,14 +344,19 @@ class Runner:
             server.stop()
 
     def profiles(self, redis: Any) -> dict[str, Any]:
-        from bench.profile import profile_fanout, profile_rest
+        from bench.profile import profile_fanout, profile_manydocs, profile_rest
 
         n = max(self.plan.fanout_sizes)
         seconds = 2 if self.args.smoke else 8
-        return {
+        found = {
             "fanout": profile_fanout(redis, n, self.workdir, self.args.out, seconds),
             "rest": profile_rest(redis, self.workdir, self.args.out, seconds),
         }
+        if "manydocs" in self.only:
+            plan = self.plan.manydocs
+            plan = replace(plan, closed_writes=plan.closed_writes * 2, rate_seconds=0.5, hot_deliveries=0)
+            found["manydocs"] = profile_manydocs(redis, plan, self.workdir, self.args.out, seconds)
+        return found
 
 
 def save(results: dict[str, Any], out: Path) -> Path:

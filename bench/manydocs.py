@@ -18,6 +18,7 @@ from __future__ import annotations
 import resource
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,25 +82,30 @@ def check_phases(result: dict[str, Any]) -> None:
         raise BenchError(f"manydocs: {counts}")
 
 
-def run_manydocs(redis: RedisProcess, plan: ManyDocsPlan, workdir: Path) -> dict[str, Any]:
-    """The scenario on its own servers; returns the fleet's phases plus subscribe time and RSS."""
-    needed = plan.documents * plan.subscribers[1] + plan.hot_subscribers + 64
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit < needed:
-        raise BenchError(f"manydocs needs up to {needed} open files in the fleet; the limit is {limit} "
-                         "(run as root, or raise `ulimit -Hn`)")  # fmt: skip
+def run_manydocs(
+    redis: RedisProcess,
+    plan: ManyDocsPlan,
+    workdir: Path,
+    on_many: Callable[[list[procs.SyncServer]], object] | None = None,
+) -> dict[str, Any]:
+    """The scenario on its own servers; returns the fleet's phases plus subscribe time and RSS.
+    ``on_many`` is called as the many-document closed loop starts (the profiler starts there)."""
     servers = [procs.SyncServer(workdir / f"manydocs-{i}", redis.url) for i in range(plan.servers)]
     try:
         with ThreadPoolExecutor(plan.servers) as pool:  # each start waits for /healthz: side by side
             list(pool.map(procs.SyncServer.start, servers))
-        return _run(redis, servers, plan, workdir)
+        return _run(redis, servers, plan, workdir, on_many)
     finally:
         for server in servers:
             server.stop()
 
 
 def _run(
-    redis: RedisProcess, servers: list[procs.SyncServer], plan: ManyDocsPlan, workdir: Path
+    redis: RedisProcess,
+    servers: list[procs.SyncServer],
+    plan: ManyDocsPlan,
+    workdir: Path,
+    on_many: Callable[[list[procs.SyncServer]], object] | None,
 ) -> dict[str, Any]:
     server_pids = [server.worker_pids() for server in servers]
     every_pid = [pid for pids in server_pids for pid in pids]
@@ -115,6 +121,7 @@ def _run(
         "serverPids": server_pids,
         "redisPids": [procs.redis_pid(redis)],
         "connectConcurrency": 256,
+        "shards": shards(plan),
         "seed": 13,
         "hardTimeoutMs": 900_000,
     }
@@ -128,6 +135,10 @@ def _run(
         time.sleep(plan.settle)
         rss_after = procs.rss_kib(every_pid)
         _resume(fleet)
+        if on_many is not None:
+            while not fleet.expect("START", 600)["name"].startswith("many closed"):
+                pass
+            on_many(servers)
         result = fleet.expect("RESULT", 900)
     finally:
         fleet.stop()
@@ -146,6 +157,17 @@ def _run(
         "kib_per_subscription": round((rss_after - rss_before) / max(1, subscriptions), 2),
         "phases": result["phases"],
     }
+
+
+def shards(plan: ManyDocsPlan) -> int:
+    """Subscriber processes for the fleet: as many as the open-file limit needs (each connection is a
+    file; the limit is per process, often 20,000, and only root may raise it)."""
+    low, high = plan.subscribers
+    connections = int(plan.documents * (low + high) / 2 * 1.05) + plan.hot_subscribers
+    per_process = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1000
+    if per_process < 1000:
+        raise BenchError(f"the open-file limit is too low for the fleet: {per_process + 1000}")
+    return -(-connections // per_process)
 
 
 def _resume(fleet: Fleet) -> None:

@@ -405,10 +405,10 @@ async function expiry() {
   process.exit(0);
 }
 
-const manydocs = () => require('./manydocs.js').manydocs(
-  {cfg, Client, pool, quantiles, cpuSeconds, emit, now, sleep},
-);
-const modes = {fanout, idle, recovery, expiry, manydocs};
+const helpers = {cfg, Client, pool, quantiles, cpuSeconds, emit, now, sleep};
+const manydocs = () => require('./manydocs.js').manydocs(helpers);
+const manydocsShard = () => require('./manydocs.js').manydocsShard(helpers);
+const modes = {fanout, idle, recovery, expiry, manydocs, manydocsShard};
 if (!modes[cfg.mode]) fail(`unknown mode ${cfg.mode}`);
 setTimeout(() => fail('fleet timeout'), cfg.hardTimeoutMs || 300000).unref();
 modes[cfg.mode]().catch((err) => fail(String(err && err.stack || err)));
