@@ -75,7 +75,7 @@ SMOKE = Plan(
     expiry_ttl=(1, 2),
     manydocs=ManyDocsPlan(
         documents=100, closed_writes=300, rate_seconds=0.5, hot_deliveries=1000, hot_subscribers=20,
-        window=16, rate=200, settle=0.5,
+        window=16, rate=200, settle=0.5, idle_seconds=0.3,
     ),
     scale=ScalePlan(
         small=200, big=600, write_seconds=1, rounds=1, fetches=50, pages=20, expiry_documents=200,

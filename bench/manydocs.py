@@ -42,6 +42,7 @@ class ManyDocsPlan:
     subscribers: tuple[int, int] = (1, 3)
     settle: float = 2.0
     servers: int = 2
+    idle_seconds: float = 3.0  # each of the two windows without writes (the background CPU)
 
     def phases(self) -> dict[str, list[dict[str, Any]]]:
         def spec(name: str, target: str, kind: str, writes: int, **extra: Any) -> dict[str, Any]:
@@ -122,6 +123,7 @@ def _run(
         "redisPids": [procs.redis_pid(redis)],
         "connectConcurrency": 256,
         "shards": shards(plan),
+        "idleMs": int(plan.idle_seconds * 1000),
         "seed": 13,
         "hardTimeoutMs": 900_000,
     }
@@ -150,6 +152,8 @@ def _run(
         "subscriptions": subscriptions,
         "documents_by_subscribers": result["byCount"],
         "hot_subscribers": plan.hot_subscribers,
+        "fleet_processes": result["shards"] + 1,
+        "idle": result["idle"],
         "create_s": round(created["createMs"] / 1000, 3),
         "subscribe_s": round(subscribed["subscribeMs"] / 1000, 3),
         "rss_before_kib": rss_before,
@@ -183,11 +187,23 @@ def phase(result: dict[str, Any] | None, prefix: str) -> dict[str, Any] | None:
     return None
 
 
-def delivery_side(result: dict[str, Any] | None, prefix: str) -> float | None:
-    """Server CPU ms per 1k deliveries of the phase ``prefix`` with the write path's own cost taken
-    out (the writes-only phase's CPU per write, times the phase's writes): what delivering costs."""
-    found, writes = phase(result, prefix), phase(result, "writes only")
-    if found is None or writes is None or not found["deliveries"] or writes["cpuMsPer1k"] is None:
+def write_path(result: dict[str, Any] | None) -> float | None:
+    """Server CPU seconds per write of the writes-only phase, its background (the idle window before
+    anyone subscribed, per second) taken out."""
+    writes = phase(result, "writes only")
+    if result is None or writes is None or not writes["written"]:
         return None
-    write_cpu_s = writes["cpuMsPer1k"] / 1e6 * found["written"]
-    return round((found["serverCpuS"] - write_cpu_s) * 1e6 / found["deliveries"], 2)
+    background = result["idle"]["before"]["serverCpuPerS"] * writes["seconds"]
+    return float(max(0.0, writes["serverCpuS"] - background) / writes["written"])
+
+
+def delivery_side(result: dict[str, Any] | None, prefix: str) -> float | None:
+    """Server CPU ms per 1k deliveries of the phase ``prefix`` with what is not delivering taken out:
+    the background (the idle window with everyone subscribed, per second, times the phase's length)
+    and the write path (:func:`write_path` times the phase's writes)."""
+    found, per_write = phase(result, prefix), write_path(result)
+    if result is None or found is None or not found["deliveries"] or per_write is None:
+        return None
+    background = result["idle"]["subscribed"]["serverCpuPerS"] * found["seconds"]
+    rest = found["serverCpuS"] - background - per_write * found["written"]
+    return round(rest * 1e6 / found["deliveries"], 2)

@@ -149,7 +149,7 @@ function startShard(cfg, onGot) {
 
 // -- the coordinator ------------------------------------------------------------------------------
 
-async function manydocs({cfg, Client, pool, quantiles, cpuSeconds, emit, now}) {
+async function manydocs({cfg, Client, pool, quantiles, cpuSeconds, emit, now, sleep}) {
   const urls = cfg.urls;
   const servers = urls.length;
   const rand = random(cfg.seed || 1);
@@ -204,6 +204,22 @@ async function manydocs({cfg, Client, pool, quantiles, cpuSeconds, emit, now}) {
     .then((reply) => { doc.ackRev = parseInt(reply.document.revision, 16); });
   await pool(docs.length, cfg.connectConcurrency || 256, (i) => open(docs[i]));
   emit('CREATED', {docs: cfg.docs, createMs: +(now() - created).toFixed(1)});
+
+  // CPU per second of the servers and Redis with nothing written: the background (keepalive pings,
+  // expiry sweeps) that a phase's CPU also holds, to take out of the per-delivery figures.
+  const idle = async () => {
+    const servers0 = cpuSeconds(cfg.serverPids.flat());
+    const redis0 = cpuSeconds(cfg.redisPids);
+    const started = now();
+    await sleep(cfg.idleMs || 3000);
+    const seconds = (now() - started) / 1000;
+    return {
+      seconds: +seconds.toFixed(3),
+      serverCpuPerS: +((cpuSeconds(cfg.serverPids.flat()) - servers0) / seconds).toFixed(4),
+      redisCpuPerS: +((cpuSeconds(cfg.redisPids) - redis0) / seconds).toFixed(4),
+    };
+  };
+  const idleBefore = await idle();
 
   // -- deliveries reported by the shards
   const onGot = ({k: ks, lat, lastRecv}) => {
@@ -342,6 +358,7 @@ async function manydocs({cfg, Client, pool, quantiles, cpuSeconds, emit, now}) {
   const subscribeMs = await subscribeAll(subscriptions);
   await pause('SUBSCRIBED', {subscriptions: subscriptions.length, subscribeMs: +subscribeMs.toFixed(1)});
   const hotSubscribeMs = await subscribeAll(Array.from({length: hot.want}, (_, i) => [hot.index, i % servers]));
+  const idleSubscribed = await idle();
   phases.push(...await run(cfg.phases.many));
   phases.push(...await run(cfg.phases.hot));
   const totals = await everyShard('totals');
@@ -349,6 +366,7 @@ async function manydocs({cfg, Client, pool, quantiles, cpuSeconds, emit, now}) {
     docs: cfg.docs, subscriptions: subscriptions.length, subscribeMs: +subscribeMs.toFixed(1),
     hotSubscribers: hot.want, hotSubscribeMs: +hotSubscribeMs.toFixed(1), shards: shards.length,
     byCount: [1, 2, 3].map((c) => docs.slice(0, cfg.docs).filter((d) => d.want === c).length),
+    idle: {before: idleBefore, subscribed: idleSubscribed},
     phases, stray: totals.reduce((t, s) => t + s.stray, 0) + lateGot,
     closes: closes + totals.reduce((t, s) => t + s.closes, 0), writeErrors,
   });
