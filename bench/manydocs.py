@@ -46,7 +46,13 @@ class ManyDocsPlan:
 
     def phases(self) -> dict[str, list[dict[str, Any]]]:
         def spec(name: str, target: str, kind: str, writes: int, **extra: Any) -> dict[str, Any]:
-            return {"name": name, "target": target, "kind": kind, "writes": max(5, writes)} | extra
+            return {
+                "name": name,
+                "target": target,
+                "kind": kind,
+                "writes": max(5, writes),
+                "timeoutMs": 180_000,
+            } | extra
 
         many, hot = self.closed_writes, max(20, self.hot_deliveries // self.hot_subscribers)
         return {

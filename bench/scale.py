@@ -6,8 +6,9 @@ Two services side by side, ``small`` (1,000 documents) and ``big`` (100,000), 1 
   in rounds that alternate small, big, small, big (so the box's drift falls on both alike);
 - *latency* on one keep-alive connection, one request at a time, small and big requests alternating:
   fetching a document by name (random names over the whole service), the first page of
-  ``GET Documents?PageSize=50``, and a deep page: the one reached by following ``next_page_url``
-  from the first page to the middle of the service (the walk also checks that no document repeats);
+  ``GET Documents?PageSize=50``, a deep page: the one reached by following ``next_page_url``
+  from the first page to the middle of the service (that walk also checks that no document repeats),
+  and the pages along a walk by ``next_page_url`` (each page new to the big service's walk);
 - *expiry burst*: ``expiry_documents`` documents of a third service created by the fleet, all due
   in the same second, ``expiry_sample`` of them subscribed: every sampled ``removed`` must arrive
   within 1 s of the due time, and 1 s after it the rest must be gone from the service's listing
@@ -190,6 +191,26 @@ def interleaved(
     return {label: _stats(values) for label, values in samples.items()}
 
 
+def interleaved_walk(conn: Connection, first: dict[str, str], requests: int) -> dict[str, dict[str, float]]:
+    """``requests`` pages per label along a walk by ``next_page_url`` from the first page (a walk that
+    ends starts again: the small service's 20 pages come round again and again, while the big one's
+    walk meets documents it has not read before), the labels taking turns. The first tenth is a
+    warm-up and not counted."""
+    at = dict(first)
+    samples: dict[str, list[float]] = {label: [] for label in first}
+    warmup = max(1, requests // 10)
+    for i in range(warmup + requests):
+        for label in list(first) if i % 2 else reversed(list(first)):
+            status, body, took = conn.get(at[label])
+            if status != 200:
+                raise BenchError(f"GET {at[label]}: HTTP {status} {body[:200]!r}")
+            next_path = _documents(body)[1]
+            at[label] = first[label] if next_path is None else next_path
+            if i >= warmup:
+                samples[label].append(took)
+    return {label: _stats(values) for label, values in samples.items()}
+
+
 def _service(port: int, name: str) -> str:
     return str(procs.rest_call(port, "POST", "/v1/Services", {"FriendlyName": name})["sid"])
 
@@ -257,6 +278,7 @@ def _latencies(
             "fetch": interleaved(conn, names, plan.fetches, '"revision"'),
             "first_page": interleaved(conn, first, plan.pages, '"documents"'),
             "deep_page": interleaved(conn, deep, plan.pages, '"documents"'),
+            "walk": interleaved_walk(conn, {label: paths[0] for label, paths in first.items()}, plan.pages),
         }
     finally:
         conn.close()
