@@ -150,9 +150,13 @@ def _scale_section(run: dict[str, Any]) -> list[str]:
         f"documents/s. Expiry burst: {burst['documents']:,} documents due in the same second (created in "
         f"{burst['create_s']:.1f} s), {burst['subscribed']:,} of them subscribed: `removed` after the due "
         f"time p50 {_fmt(lag['p50'])} / p99 {_fmt(lag['p99'])} / max {_fmt(lag['max'])} ms; "
-        f"{burst['checked_s_after_due']:.2f} s after it {burst['left_in_redis']} left in the listing "
+        f"asked {burst['checked_s_after_due']:.2f} s after it (answered at "
+        f"{burst.get('answered_s_after_due', 0):.2f} s), {burst['left_in_redis']} were left in the listing "
         f"index and {burst['rest_still_found']} of {burst['rest_sampled']} unsubscribed ones still found "
-        "over REST.",
+        f"over REST. Redis over the {burst.get('window_s', 0):.1f} s around the due second: "
+        f"{_fmt(burst.get('redis_cpu_ms'))} ms CPU, {_fmt(burst.get('sweep_redis_ms'))} ms in "
+        f"{burst.get('sweep_calls', 0)} `expire_sweep` calls (the slowest "
+        f"{_fmt(burst.get('slowest_sweep_call_ms'))} ms; SLOWLOG).",
         "",
     ]
     return _table(title, header, rows) + notes
