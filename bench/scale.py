@@ -57,7 +57,7 @@ class ScalePlan:
     small: int = 1000
     big: int = 100_000
     write_seconds: float = 3
-    rounds: int = 2
+    rounds: int = 3
     fetches: int = 2000  # per service
     pages: int = 300  # per service and kind of page
     expiry_documents: int = 10_000
