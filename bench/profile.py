@@ -119,6 +119,8 @@ def profile_manydocs(
     )
     for process in spy:
         process.wait(30)
+    if not raw.exists():
+        raise BenchError(f"py-spy wrote no profile: the many-documents loop ended within its {seconds:g} s")
     summary = summarize(raw)
     title = (
         f"many documents ({plan.documents:,} x 1-3 subscribers), closed loop W={plan.window}, process 1 of 2"
