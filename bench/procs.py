@@ -83,7 +83,8 @@ def free_port() -> int:
 
 
 WANTED_FILES = 65_536
-"""Open files worth asking for: the many-documents fleet holds ~21,000 connections in one process."""
+"""Open files worth asking for: the many-documents scenario holds ~21,000 connections (its fleet splits
+them over shard processes where the limit is lower)."""
 
 
 def raise_fd_limit() -> int:
