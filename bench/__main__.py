@@ -31,12 +31,14 @@ from bench.cluster import SMOKE_PLAN as CLUSTER_SMOKE
 from bench.cluster import ClusterPlan, run_cluster
 from bench.fanout import FanoutPlan, run_expiry, run_fanout, run_idle, run_recovery
 from bench.fleet_process import FLEET_DIR, BenchError, npm_install
+from bench.manydocs import ManyDocsPlan, run_manydocs
 from bench.rest import RestPlan, run_rest
+from bench.scale import ScalePlan, run_scale
 from bench.sharedb import SHARED_PEER, peer_available, prepare_peer, run_sharedb
 from bench.webhooks import WebhookPlan, run_webhooks
 
 BENCH_DIR = Path(__file__).resolve().parent
-SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry", "cluster", "webhooks")
+SCENARIOS = ("rest", "fanout", "idle", "recovery", "expiry", "cluster", "webhooks", "manydocs", "scale")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Plan:
     expiry_ttl: tuple[int, int]
     cluster: ClusterPlan
     webhooks: WebhookPlan
+    manydocs: ManyDocsPlan
+    scale: ScalePlan
 
 
 FULL = Plan(
@@ -64,6 +68,8 @@ FULL = Plan(
     expiry_ttl=(3, 5),
     cluster=ClusterPlan(),
     webhooks=WebhookPlan(RestPlan(seconds=8)),
+    manydocs=ManyDocsPlan(documents=10_000, closed_writes=30_000, rate_seconds=5, hot_deliveries=300_000),
+    scale=ScalePlan(),
 )
 SMOKE = Plan(
     rest=RestPlan(seconds=1, connections=8, documents=50, workers=(1,), redis_requests=2000),
@@ -78,7 +84,15 @@ SMOKE = Plan(
     webhooks=WebhookPlan(
         RestPlan(seconds=1, connections=8, documents=20), paced_rate=40, paced_seconds=0.25, separate=False
     ),
-)
+    manydocs=ManyDocsPlan(
+        documents=100, closed_writes=300, rate_seconds=0.5, hot_deliveries=1000, hot_subscribers=20,
+        window=16, rate=200, settle=0.5, idle_seconds=0.3,
+    ),
+    scale=ScalePlan(
+        small=200, big=600, write_seconds=1, rounds=1, fetches=50, pages=20, expiry_documents=200,
+        expiry_sample=50, expiry_due_s=2,
+    ),
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -252,6 +266,12 @@ class Runner:
                 self.results["webhooks"] = self.step(
                     "webhooks", lambda: run_webhooks(redis, self.plan.webhooks, self.workdir)
                 )
+            if "manydocs" in self.only:
+                self.results["manydocs"] = self.step(
+                    "many documents", lambda: run_manydocs(redis, self.plan.manydocs, self.workdir)
+                )
+            if "scale" in self.only:  # on its own Redis: "1,000 documents" means what it says
+                self.results["scale"] = self.step("scale", lambda: run_scale(self.plan.scale, self.workdir))
             if self.args.profile:
                 self.results["profiles"] = self.step("py-spy profiles", lambda: self.profiles(redis))
         finally:
@@ -362,14 +382,19 @@ class Runner:
             server.stop()
 
     def profiles(self, redis: Any) -> dict[str, Any]:
-        from bench.profile import profile_fanout, profile_rest
+        from bench.profile import profile_fanout, profile_manydocs, profile_rest
 
         n = max(self.plan.fanout_sizes)
         seconds = 2 if self.args.smoke else 8
-        return {
+        found = {
             "fanout": profile_fanout(redis, n, self.workdir, self.args.out, seconds),
             "rest": profile_rest(redis, self.workdir, self.args.out, seconds),
         }
+        if "manydocs" in self.only:
+            plan = self.plan.manydocs
+            plan = replace(plan, closed_writes=plan.closed_writes * 2, rate_seconds=0.5, hot_deliveries=0)
+            found["manydocs"] = profile_manydocs(redis, plan, self.workdir, self.args.out, seconds)
+        return found
 
 
 def save(results: dict[str, Any], out: Path) -> Path:

@@ -6,7 +6,7 @@ each sending one request at a time; in ``ifmatch`` mode connection *i* owns the 
 CPU per request than wrk, so numbers from it are lower; the runner records which generator ran.
 
     python -m bench.loadgen --port P --mode set --prefix u --count 1000 --auth B64 --body FILE \
-        --connections 64 --seconds 10
+        --connections 64 --seconds 10 [--service SID]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ async def connection(
     owned = [n for n in range(args.count) if args.count == 1 or n % args.connections == index] or [
         index % args.count
     ]
-    paths = {n: f"/v1/Services/default/Documents/{args.prefix}{n:012d}" for n in owned}
+    paths = {n: f"/v1/Services/{args.service}/Documents/{args.prefix}{n:012d}" for n in owned}
     revisions = dict.fromkeys(owned, "0")
     reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
     turn = 0
@@ -118,6 +118,7 @@ if __name__ == "__main__":
     parser.add_argument("--body", required=True)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--service", default="default", help="the service's SID")
     import uvloop
 
     arguments = parser.parse_args()

@@ -82,14 +82,24 @@ def free_port() -> int:
         return port
 
 
+WANTED_FILES = 65_536
+"""Open files worth asking for: the many-documents scenario holds ~21,000 connections (its fleet splits
+them over shard processes where the limit is lower)."""
+
+
 def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one (inherited by every child); returns it."""
+    """Raise the open-file limit (inherited by every child): both limits to :data:`WANTED_FILES` where
+    the hard one may be raised (root), else the soft one to the hard one; returns the soft limit."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+    for target in (max(hard, WANTED_FILES), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+        except (ValueError, OSError):
+            continue
+        return target
+    return soft
 
 
 # -- /proc ----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 from bench import procs
 from bench.fanout import FanoutPlan, run_fanout
 from bench.fleet_process import BenchError
+from bench.manydocs import ManyDocsPlan, run_manydocs
 from bench.rest import RestPlan, create_documents, load, write_body
 from sync_server.embedded import RedisProcess
 
@@ -104,6 +105,27 @@ def profile_fanout(
         server.stop()
     summary = summarize(raw)
     _write_summary(summary, out_dir / "profile-fanout-summary.txt", f"fan-out, N={n}, closed loop W=4")
+    return summary
+
+
+def profile_manydocs(
+    redis: RedisProcess, plan: ManyDocsPlan, workdir: Path, out_dir: Path, seconds: float = 8
+) -> dict[str, Any]:
+    """The first of the two server processes during the many-document closed loop."""
+    raw = out_dir / "profile-manydocs.txt"
+    spy: list[subprocess.Popen[bytes]] = []
+    run_manydocs(
+        redis, plan, workdir, on_many=lambda servers: spy.append(record(servers[0].pid, seconds, raw))
+    )
+    for process in spy:
+        process.wait(30)
+    if not raw.exists():
+        raise BenchError(f"py-spy wrote no profile: the many-documents loop ended within its {seconds:g} s")
+    summary = summarize(raw)
+    title = (
+        f"many documents ({plan.documents:,} x 1-3 subscribers), closed loop W={plan.window}, process 1 of 2"
+    )
+    _write_summary(summary, out_dir / "profile-manydocs-summary.txt", title)
     return summary
 
 

@@ -135,7 +135,9 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 True,
             )
         )
-    return found
+    from bench import report_growth  # it builds on this module's helpers
+
+    return found + report_growth.targets(results)
 
 
 IDLE_GOAL = 100_000
@@ -330,6 +332,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _other_sections(results)
     if results.get("cluster"):
         lines += cluster.markdown(results["cluster"])
+
+    from bench import report_growth
+
+    lines += report_growth.sections(results)
     found = targets(results)
     if found:
         rows = [_row(target[0], _fmt(target[1], 2), verdict(target)) for target in found]

@@ -97,7 +97,15 @@ def generator() -> str:
     return "wrk" if shutil.which("wrk") else "python"
 
 
-def load(port: int, mode: str, prefix: str, count: int, plan: RestPlan, workdir: Path) -> dict[str, Any]:
+def load(
+    port: int,
+    mode: str,
+    prefix: str,
+    count: int,
+    plan: RestPlan,
+    workdir: Path,
+    service: str = "default",
+) -> dict[str, Any]:
     """One load run; returns writes/s and latency in ms. Any non-2xx or socket error is an error."""
     body = workdir / "rest-body.txt"
     if generator() == "wrk":
@@ -110,10 +118,12 @@ def load(port: int, mode: str, prefix: str, count: int, plan: RestPlan, workdir:
             str(WRK_SCRIPT),
         ]
         command += [f"http://127.0.0.1:{port}", "--", mode, prefix, str(count), auth_b64(), str(body), "1"]
+        command.append(service)
     else:
         command = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--mode", mode]
         command += ["--prefix", prefix, "--count", str(count), "--auth", auth_b64(), "--body", str(body)]
         command += ["--connections", str(plan.connections), "--seconds", str(plan.seconds)]
+        command += ["--service", service]
     output = subprocess.run(
         command, capture_output=True, text=True, timeout=plan.seconds + 60, check=False, cwd=procs.ROOT
     )

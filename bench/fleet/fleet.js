@@ -4,7 +4,8 @@
 //   READY {...}   subscribers connected and subscribed (idle mode then waits for SIGTERM)
 //   PHASE {...}   one measured fan-out phase
 //   RESULT {...}  the mode's summary; the process then exits
-// Modes: fanout (closed loop with W in flight, or a fixed rate), idle, recovery, expiry.
+// Modes: fanout (closed loop with W in flight, or a fixed rate), idle, recovery, expiry, and manydocs
+// (fleet/manydocs.js: many documents with a few subscribers each, over several servers).
 // Latency = receive time - the writer's stamp in the data (same host clock, performance.timeOrigin).
 'use strict';
 const fs = require('fs');
@@ -40,9 +41,10 @@ function quantiles(values, count) {
 
 // One websocket connection: replies matched by id, events handed to onEvent(client, text, kind).
 class Client {
-  constructor(index, onEvent) {
+  constructor(index, onEvent, url = cfg.url) {
     this.index = index;
     this.onEvent = onEvent;
+    this.url = url;
     this.pending = new Map();
     this.nextId = 1;
     this.ws = null;
@@ -53,7 +55,7 @@ class Client {
   connect() {
     return new Promise((resolve, reject) => {
       const local = cfg.localAddresses;
-      const ws = new WebSocket(cfg.url, {
+      const ws = new WebSocket(this.url, {
         perMessageDeflate: false,
         headers: cfg.auth ? {Authorization: cfg.auth} : {},
         handshakeTimeout: 20000,
@@ -333,9 +335,19 @@ async function recovery() {
 
 // -- expiry --------------------------------------------------------------------------------------
 
+// TTLs spread over ttlMin..ttlMax, every document subscribed; or, with dueInS, a burst: every document
+// due in the same second (now + dueInS), only every stride-th one subscribed (subscribeSample of them).
 async function expiry() {
-  const expires = new Map();  // sid -> date_expires in ms
-  const lags = new Float64Array(cfg.docs);
+  const expires = new Map();  // sid -> date_expires in ms, for the subscribed documents
+  const burst = cfg.dueInS > 0;
+  const stride = burst ? Math.max(1, Math.floor(cfg.docs / (cfg.subscribeSample || cfg.docs))) : 1;
+  const expected = Math.ceil(cfg.docs / stride);
+  const dueAt = burst ? (Math.floor(Date.now() / 1000) + cfg.dueInS) * 1000 : 0;
+  const ttlOf = (i) => (burst
+    ? Math.max(1, dueAt / 1000 - Math.floor(Date.now() / 1000))
+    : cfg.ttlMin + (i % (cfg.ttlMax - cfg.ttlMin + 1)));
+  const offDue = [];  // burst documents whose expiry landed in another second (a second ticked)
+  const lags = new Float64Array(expected);
   let removed = 0;
   let wrongReason = 0;
   let done = null;
@@ -348,7 +360,7 @@ async function expiry() {
     if (at === undefined) return;
     expires.delete(sid);
     lags[removed++] = t - at;
-    if (removed === cfg.docs && done) done();
+    if (removed === expected && done) done();
   };
   const connections = [];
   for (let i = 0; i < cfg.connections; i++) connections.push(await new Client(i, onEvent).connect());
@@ -358,23 +370,48 @@ async function expiry() {
   await Promise.all(connections.map((client, c) => pool(perConnection, 20, async (j) => {
     const i = c * perConnection + j;
     if (i >= cfg.docs) return;
-    const ttl = cfg.ttlMin + (i % (cfg.ttlMax - cfg.ttlMin + 1));
-    const reply = await client.request({op: 'open', name: `${cfg.prefix}-${i}`, data: {i}, ttl, mode: 'create_new'});
+    const subscribe = i % stride === 0;
+    const reply = await client.request({
+      op: 'open', name: `${cfg.prefix}-${i}`, data: {i}, ttl: ttlOf(i), mode: 'create_new', subscribe,
+    });
     const at = Date.parse(reply.document.date_expires);
+    if (burst && at !== dueAt) offDue.push({client, sid: reply.document.sid});
     maxExpires = Math.max(maxExpires, at);
-    expires.set(reply.document.sid, at);
+    if (subscribe) expires.set(reply.document.sid, at);
   })));
-  emit('READY', {docs: cfg.docs, createMs: +(now() - started).toFixed(1)});
+  // A create sent just before a second ticked over lands one second late: move those (set_ttl keeps
+  // the revision and sends no event), never within 50 ms of the next tick, until all are due at once.
+  let moved = 0;
+  while (offDue.length) {
+    const late = offDue.splice(0);
+    while (Date.now() % 1000 > 950) await sleep(10);
+    await Promise.all(late.map(async ({client, sid}) => {
+      const reply = await client.request({op: 'set_ttl', doc: sid, ttl: ttlOf(0)});
+      const at = Date.parse(reply.document.date_expires);
+      if (at !== dueAt) offDue.push({client, sid}); else moved++;
+      if (expires.has(sid)) expires.set(sid, at);
+    }));
+  }
+  if (burst) maxExpires = dueAt;
+  const createMs = +(now() - started).toFixed(1);
+  if (burst && Date.now() >= dueAt) fail(`creating ${cfg.docs} documents took ${createMs} ms, past their expiry`);
+  emit('READY', {docs: cfg.docs, subscribed: expected, createMs, dueAtMs: dueAt || null, moved});
   await new Promise((resolve) => {
     done = resolve;
-    if (removed === cfg.docs) resolve();
+    if (removed === expected) resolve();
     setTimeout(resolve, Math.max(0, maxExpires - Date.now()) + (cfg.graceMs || 5000));
   });
-  emit('RESULT', {docs: cfg.docs, removed, missing: cfg.docs - removed, wrongReason, lagMs: quantiles(lags, removed)});
+  emit('RESULT', {
+    docs: cfg.docs, subscribed: expected, removed, missing: expected - removed, wrongReason,
+    lagMs: quantiles(lags, removed),
+  });
   process.exit(0);
 }
 
-const modes = {fanout, idle, recovery, expiry};
+const helpers = {cfg, Client, pool, quantiles, cpuSeconds, emit, now, sleep};
+const manydocs = () => require('./manydocs.js').manydocs(helpers);
+const manydocsShard = () => require('./manydocs.js').manydocsShard(helpers);
+const modes = {fanout, idle, recovery, expiry, manydocs, manydocsShard};
 if (!modes[cfg.mode]) fail(`unknown mode ${cfg.mode}`);
 setTimeout(() => fail('fleet timeout'), cfg.hardTimeoutMs || 300000).unref();
 modes[cfg.mode]().catch((err) => fail(String(err && err.stack || err)));

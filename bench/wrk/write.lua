@@ -1,5 +1,5 @@
 -- REST write load for wrk: POST Data=<1 KiB JSON> to /v1/Services/default/Documents/<name>.
---   wrk -t1 -c64 -d10s -s write.lua http://127.0.0.1:PORT -- MODE PREFIX COUNT AUTH BODYFILE THREADS
+--   wrk -t1 -c64 -d10s -s write.lua http://127.0.0.1:PORT -- MODE PREFIX COUNT AUTH BODYFILE THREADS [SERVICE]
 -- MODE     'set'     unconditional writes, documents in rotation
 --          'ifmatch' each write carries If-Match with the revision the last response returned; a
 --                    document is never written by two connections at once, so a 412 is an error
@@ -8,6 +8,7 @@
 -- AUTH     the Basic credentials, base64
 -- BODYFILE the form body (Data=..., already URL-encoded)
 -- THREADS  wrk's -t (each thread owns every THREADS-th document)
+-- SERVICE  the service's SID (or 'default', the default)
 -- done() prints one line: WRK_JSON {...}
 
 local threads = {}
@@ -32,9 +33,10 @@ function init(args)
   }
   paths, order, revisions, ready = {}, {}, {}, {}
   local threads_total = tonumber(args[6] or "1")
+  local documents = "/v1/Services/" .. (args[7] or "default") .. "/Documents/"
   for n = 0, count - 1 do
     if count == 1 or n % threads_total == thread_id then
-      paths[n] = "/v1/Services/default/Documents/" .. name_of(prefix, n)
+      paths[n] = documents .. name_of(prefix, n)
       order[#order + 1] = n
       revisions[n] = "0"
       ready[#ready + 1] = n
