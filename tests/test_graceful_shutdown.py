@@ -69,7 +69,9 @@ class Load:
         while not self.stop.is_set():
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # A reset while connecting is a refusal too: the listener closed with this connection
+                # still in its backlog (no request was sent on it).
                 self.refused.append(time.monotonic())
                 await asyncio.sleep(0.02)
                 continue
@@ -206,6 +208,7 @@ async def test_sigterm_drains_requests_in_flight(
     # At least one attempt lands while the server drains (it drains for about the clients' pause);
     # how many depends on how fast the drain ends, so only "all refused" is exact.
     assert len(probed) >= 1 and set(probed) == {"refused"}, probed
+    assert all(at >= terminated_at for at in load.refused), "a connection was refused before SIGTERM"
     assert closes == [1001] * len(peers)
     assert (status, took < DRAIN_TIMEOUT + MARGIN) == (0, True), server.log_tail()
     assert process_gone(server.pid or 0)
