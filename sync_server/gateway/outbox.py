@@ -18,7 +18,17 @@ from typing import Any, Protocol
 from sync_server.gateway.frames import OutFrame
 
 
+class Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+
 class Outbox(Protocol):
+    @property
+    def direct(self) -> Writer | None:
+        """Where a frame's bytes may be written straight away, bypassing :meth:`send`: set only while
+        that is exactly what :meth:`send` would do (the connection open, nothing queued, the transport
+        under its high-water mark); None otherwise. Writing there may make it None (synchronously)."""
+
     @property
     def closed(self) -> bool:
         """True once the connection is closing or closed: nothing sent is delivered any more."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from sync_server import errors, metrics
 from sync_server.documents import Document, DocumentService
 from sync_server.events import DocumentEvent
+from sync_server.gateway.frames import OutFrame
+from sync_server.gateway.outbox import Outbox
 from sync_server.hub import Hub
 from sync_server.ids import DOCUMENT_PREFIX, is_sid
 from sync_server.principal import Principal
@@ -45,15 +47,18 @@ class Subscriptions:
     """Implements :class:`sync_server.hub.Subscriber` for one connection."""
 
     __slots__ = (
+        "_build",
         "_by_sid",
-        "_deliver",
         "_documents",
         "_hub",
         "_limit",
         "_on_overflow",
         "_on_revoked",
+        "_outbox",
         "_principal",
+        "_protocol",
         "_releasing",
+        "_tally",
     )
 
     def __init__(
@@ -62,17 +67,24 @@ class Subscriptions:
         documents: DocumentService,
         principal: Principal,
         limit: int,
-        deliver: Callable[[DocumentEvent], None],
+        outbox: Outbox,
+        protocol: str,
+        build: Callable[[DocumentEvent], OutFrame],
         on_overflow: Callable[[], None],
         on_revoked: Callable[[str, str | None], None],
     ) -> None:
-        """``deliver`` gets each event to relay; ``on_overflow`` is called when the connection must
+        """Each event to relay is written to ``outbox`` as the frame ``build`` makes of it (once per
+        event and ``protocol``, see events.py); ``on_overflow`` is called when the connection must
         end (too slow, or events lost); ``on_revoked`` when access control ended a subscription."""
         self._hub = hub
         self._documents = documents
         self._principal = principal
         self._limit = limit
-        self._deliver = deliver
+        self._outbox = outbox
+        self._protocol = protocol
+        self._build = build
+        # Deliveries are tallied in a plain integer and counted once per event (metrics.py).
+        self._tally = metrics.tally(protocol)
         self._on_overflow = on_overflow
         self._on_revoked = on_revoked
         self._by_sid: dict[str, _Subscription] = {}
@@ -87,6 +99,22 @@ class Subscriptions:
     def on_event(self, event: DocumentEvent) -> None:
         sub = self._by_sid.get(event.sid)
         if sub is None:
+            return
+        if sub.pending is None and event.kind == "updated":
+            # The hot path, one call per subscriber of the channel: _filter and _deliver inline,
+            # the frame written straight into the transport when the outbox allows it.
+            revision = event.revision
+            assert revision is not None
+            if revision <= sub.revision:
+                return
+            sub.revision = revision
+            self._tally.count += 1
+            frame = event.frame(self._protocol, self._build)
+            direct = self._outbox.direct
+            if direct is not None:
+                direct.write(frame.wire)
+            else:
+                self._outbox.send(frame)
             return
         if sub.pending is not None:
             if len(sub.pending) >= MAX_PENDING:
@@ -118,6 +146,10 @@ class Subscriptions:
         else:
             self._end(sub)
         self._deliver(event)
+
+    def _deliver(self, event: DocumentEvent) -> None:
+        self._tally.count += 1
+        self._outbox.send(event.frame(self._protocol, self._build))
 
     def _end(self, sub: _Subscription) -> None:
         # The hub drops us lazily (see _release): this runs inside its dispatch.

@@ -151,6 +151,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_read_paused",
         "_write_paused",
         "conn",
+        "direct",
         "keepalive_slot",
         "pong_due",
         "session",
@@ -169,6 +170,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.conn = ServerProtocol(max_size=gateway.max_size, logger=log)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.session: Session | None = None
+        self.direct: asyncio.Transport | None = None
+        """The transport while a frame may go straight into it (the outbox's fast path, outbox.py):
+        set once the session starts, cleared while writing is paused and once closing."""
         self._closed = False
         self._read_paused = False
         self._write_paused = False
@@ -221,6 +225,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self.direct = None
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -229,6 +234,8 @@ class WebSocketConnection(asyncio.Protocol):
             wire = frames.popleft()
             self._queued_bytes -= len(wire)
             self.transport.write(wire)  # may pause writing again, synchronously
+        if not self._write_paused and not self._closed and self.session is not None:
+            self.direct = self.transport
 
     # -- the session's outbox -----------------------------------------------------------------------
 
@@ -365,6 +372,8 @@ class WebSocketConnection(asyncio.Protocol):
             self.close(refused.code, refused.reason)
             return
         self.session = session
+        if not self._write_paused:
+            self.direct = self.transport
         self._gateway.keepalive.add(self)
         session.start()
 
@@ -419,6 +428,7 @@ class WebSocketConnection(asyncio.Protocol):
     def _closing(self) -> None:
         """From now on nothing is sent but control frames; the session ends."""
         self._closed = True
+        self.direct = None
         self._frames = None
         self._queued_bytes = 0
         self._gateway.keepalive.remove(self)
