@@ -11,6 +11,10 @@ Revocation: a ``revoked`` control event on a document's channel ends the subscri
 restricted principal it names (see :meth:`DocumentEvent.revokes`), in channel order, so no write
 published after the permission change reaches that subscriber. No permission is looked up per
 delivery: the check is the subscribe's own read (atomic with the read right in the store's script).
+
+Delivery: the hub hands each event to all of a channel's subscribers through :func:`fan_out`, which
+applies the same rules as :meth:`Subscriptions.on_event` to an update in one flat loop (the hot path
+of a popular document: no Python call per subscriber) and leaves every other case to it.
 """
 
 from __future__ import annotations

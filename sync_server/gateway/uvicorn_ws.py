@@ -11,8 +11,9 @@ receive queue and events per connection besides (``bench/README.md`` has the bre
 
 The session writes through this object (it is the session's :class:`~sync_server.gateway.outbox.Outbox`):
 a pre-encoded frame goes straight into the transport, without a coroutine or a task per connection
-(see ``shared/reference/fanout-measurements.md``). What a slow reader holds is bounded at three levels,
-so that a close frame sent to it arrives soon:
+(see ``shared/reference/fanout-measurements.md``); the fan-out writes an update into
+:attr:`WebSocketConnection.direct` without even a call to ``send`` (``subscriptions.fan_out``).
+What a slow reader holds is bounded at three levels, so that a close frame sent to it arrives soon:
 
 - the kernel: the socket's send buffer is fixed at :data:`SEND_BUFFER` (Linux doubles it; left to
   autotuning it grows to several MB, all of it ahead of any close frame);
