@@ -30,6 +30,7 @@ from sync_server.gateway import WEBSOCKET_PROTOCOL
 from sync_server.gateway.auth import SocketAuthenticator
 from sync_server.gateway.endpoint import SocketEndpoint
 from sync_server.gateway.native import NativeEndpoint
+from sync_server.gateway.subscriptions import fan_out
 from sync_server.gateway.twilsock import TwilsockEndpoint
 from sync_server.hosts import HostPolicy, refusal, refuse
 from sync_server.hub import Hub
@@ -166,7 +167,7 @@ def create_app(settings: Settings | None = None) -> SyncApp:
         RestConfig(settings.account_sid, settings.public_url, settings.limits.max_body_bytes),
     )
 
-    hub = Hub(redis)
+    hub = Hub(redis, fan_out=fan_out)
     api_keys = {settings.api_key_sid: settings.api_key_secret} if settings.api_key_secret else {}
     authenticator = SocketAuthenticator(documents, TokenVerifier(settings.account_sid, api_keys), auth)
     native = NativeEndpoint(documents, hub, authenticator, settings.limits)

@@ -8,9 +8,11 @@ Contract:
   revision.) Every failure of the hub reaches the caller as :class:`errors.UnavailableError`
   (20503); a cancelled caller gets its ``CancelledError`` and leaves nothing behind.
 - Each Redis message is decoded once into a :class:`DocumentEvent` and handed to every local
-  subscriber of its channel by a plain synchronous call, in Redis order (= revision order). A
-  subscriber must never block: it writes to a bounded per-connection buffer or closes the
-  connection (see gateway/outbox.py).
+  subscriber of its channel synchronously, in Redis order (= revision order), by the hub's
+  :data:`FanOut`: by default one :meth:`Subscriber.on_event` call each (:func:`call_each`); the
+  gateway's writes an update straight into each connection (gateway/subscriptions.py). A subscriber
+  must never block: it writes to a bounded per-connection buffer or closes the connection (see
+  gateway/outbox.py).
 - Whenever events may have been missed on a Redis node, every subscriber of that node's channels is
   told through :meth:`Subscriber.on_hub_reset` (connections then close with a reconnect code, and
   clients resubscribe with their last revision and converge), and the hub forgets those channels. The
@@ -44,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,7 +69,15 @@ Redis that hangs, or a network path that died without a reset, would otherwise n
 MAP_WAIT = 1.0
 """How long a subscribe waits for a slot-map read under way before it routes with the map it has."""
 
-__all__ = ["HEARTBEAT_INTERVAL", "SUBSCRIBE_TIMEOUT", "UNAVAILABLE", "Hub", "Subscriber"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "SUBSCRIBE_TIMEOUT",
+    "UNAVAILABLE",
+    "FanOut",
+    "Hub",
+    "Subscriber",
+    "call_each",
+]
 
 
 class Subscriber(Protocol):
@@ -77,6 +88,20 @@ class Subscriber(Protocol):
         """Called once when events may have been lost on a channel of this subscriber (its Redis
         pub/sub connection dropped, or Redis ended the subscription). The hub has then removed the
         subscriber from every channel: it gets no more events, and need not unsubscribe."""
+
+
+FanOut = Callable[[DocumentEvent, Sequence[Subscriber]], None]
+"""Hands one event to each of a channel's subscribers (a snapshot: a subscriber may leave meanwhile).
+It must not block or raise, and one subscriber's failure must not keep the event from the others."""
+
+
+def call_each(event: DocumentEvent, subscribers: Sequence[Subscriber]) -> None:
+    """The default :data:`FanOut`: :meth:`Subscriber.on_event` on each, in turn."""
+    for subscriber in subscribers:
+        try:
+            subscriber.on_event(event)
+        except Exception:
+            log.exception("subscriber failed on an event")
 
 
 @dataclass(eq=False, slots=True)
@@ -132,6 +157,7 @@ class Hub:
         *,
         subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        fan_out: FanOut = call_each,
     ) -> None:
         # The same Redis as ``redis`` (address, credentials), on a connection of the hub's own.
         params = params_from_pool(redis.connection_pool)
@@ -140,6 +166,7 @@ class Hub:
         self._nodes: dict[Address, _Node] = {}
         self._subscribe_timeout = subscribe_timeout
         self._heartbeat_interval = heartbeat_interval
+        self._fan_out = fan_out
         self._channels: dict[bytes, _Channel] = {}
         self._map_read: asyncio.Future[None] | None = None
         self._stopped = False
@@ -282,11 +309,7 @@ class Hub:
             log.error("dropped an undecodable event on %r", channel)
             return
         # A copy: a subscriber may unsubscribe itself (e.g. on 'removed') while we iterate.
-        for subscriber in tuple(entry.subscribers):
-            try:
-                subscriber.on_event(event)
-            except Exception:
-                log.exception("subscriber failed on an event")
+        self._fan_out(event, tuple(entry.subscribers))
         metrics.flush_deliveries()  # one inc(n) per protocol for this event (metrics.py)
 
     # -- resets -----------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 
 from sync_server import errors
 from sync_server.events import DocumentEvent
-from sync_server.hub import Hub
+from sync_server.gateway.subscriptions import fan_out
+from sync_server.hub import FanOut, Hub, call_each
 from tests.support.processes import RedisProcess, start_redis
 from tests.support.realtime import eventually
 
@@ -65,7 +66,7 @@ async def redis(redis_process: RedisProcess) -> AsyncIterator[Redis]:
 @pytest.fixture
 async def hub(redis: Redis) -> AsyncIterator[Hub]:
     # A short confirmation timeout keeps the frozen-Redis tests fast; no heartbeat gets in the way.
-    hub = Hub(redis, subscribe_timeout=0.5, heartbeat_interval=60)
+    hub = Hub(redis, subscribe_timeout=0.5, heartbeat_interval=60, fan_out=fan_out)
     await hub.start()
     yield hub
     await hub.stop()
@@ -105,6 +106,30 @@ async def test_one_redis_subscription_for_many_local_subscribers(hub: Hub, redis
         return await numsub(redis) == 0
 
     await eventually(unsubscribed)
+
+
+class Failing(Recorder):
+    def on_event(self, event: DocumentEvent) -> None:
+        super().on_event(event)
+        raise RuntimeError("a subscriber's bug")
+
+
+@pytest.mark.parametrize("spread", [fan_out, call_each], ids=["gateway", "default"])
+async def test_a_failing_subscriber_does_not_keep_an_event_from_the_others(
+    redis: Redis, spread: FanOut, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub(redis, heartbeat_interval=60, fan_out=spread)
+    await hub.start()
+    try:
+        recorders = [Recorder(), Failing(), Recorder(), Failing(), Recorder()]
+        for recorder in recorders:
+            await hub.subscribe(CHANNEL, recorder)
+        await redis.publish(CHANNEL, payload(1))
+        await redis.publish(CHANNEL, payload(2))
+        await eventually(lambda: all(r.revisions == [1, 2] for r in recorders))
+        assert caplog.text.count("subscriber failed on an event") == 4
+    finally:
+        await hub.stop()
 
 
 async def test_a_subscribe_that_times_out_fails_its_waiters_and_leaves_nothing(

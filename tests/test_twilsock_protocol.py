@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
 from collections.abc import Iterator
 
@@ -18,9 +20,12 @@ from tests.support.processes import (
     TEST_AUTH_TOKEN,
     ServerProcess,
 )
+from tests.support.realtime import BASIC_HEADER
+from tests.support.realtime import ws_url as native_url
 from tests.support.twilsock import TwilsockPeer as Peer
 
 AUTH = (TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
+BASIC = {"Authorization": BASIC_HEADER}
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +119,35 @@ def test_subscribing_to_a_missing_document_fails_with_404(peer: Peer) -> None:
     failed = peer.notification()
     assert failed["event_type"] == "subscription_failed"
     assert failed["event"]["error"]["status"] == 404
+
+
+def test_native_and_twilsock_subscribers_of_one_document_each_get_their_own_frames(
+    server: ServerProcess, service: str, peer: Peer
+) -> None:
+    # One channel, subscribers of both protocols: the fan-out loop switches frames between them.
+    name = "mixed-" + secrets.token_hex(4)
+    rest = f"{server.base_url}/v1/Services/{service}/Documents"
+    sid = httpx.post(rest, data={"UniqueName": name, "Data": '{"v":0}'}, auth=AUTH).json()["sid"]
+    request = {"object_sid": sid, "object_type": "document", "last_event_id": 0}
+    body = {"event_protocol_version": 4, "action": "establish", "correlation_id": 1, "requests": [request]}
+    natives = []
+    with contextlib.ExitStack() as stack:
+        for _ in range(3):
+            ws = stack.enter_context(connect(native_url(server, service=service), additional_headers=BASIC))
+            assert json.loads(ws.recv(timeout=5))["event"] == "connected"
+            ws.send(json.dumps({"id": 1, "op": "subscribe", "doc": sid}))
+            assert json.loads(ws.recv(timeout=5))["ok"] is True
+            natives.append(ws)
+        assert peer.request("POST", "/v4/Subscriptions", body).header["http_status"]["code"] == 202
+        assert peer.notification()["event_type"] == "subscription_established"
+        for value in (1, 2, 3):
+            httpx.post(f"{rest}/{sid}", data={"Data": f'{{"v":{value}}}'}, auth=AUTH).raise_for_status()
+        seen = [peer.notification() for _ in range(3)]
+        assert [(n["event_type"], n["event"]["document_data"]) for n in seen] == [
+            ("document_updated", {"v": v}) for v in (1, 2, 3)
+        ]
+        for ws in natives:
+            events = [json.loads(ws.recv(timeout=5)) for _ in range(3)]
+            assert [(e["event"], e["document"]["revision"], e["document"]["data"]) for e in events] == [
+                ("updated", str(v), {"v": v}) for v in (1, 2, 3)
+            ]

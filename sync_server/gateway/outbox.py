@@ -8,6 +8,10 @@ The one implementation is the websocket connection of ``uvicorn_ws.py``: it writ
 straight into its transport, and queues whole frames only while the transport is over its
 high-water mark; the kernel's socket buffer adds a small fixed amount. Closing drops the queue, so
 the 4508 frame reaches the client right after what the transport and the kernel already hold.
+
+The fan-out (``subscriptions.fan_out``) skips even the call to :meth:`Outbox.send` while it can:
+:attr:`Outbox.direct` is the transport itself exactly while ``send`` would write into it at once,
+and None whenever the frame must be queued or dropped, so the bound holds either way.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ from typing import Any, Protocol
 from sync_server.gateway.frames import OutFrame
 
 
+class Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+
 class Outbox(Protocol):
+    @property
+    def direct(self) -> Writer | None:
+        """Where a frame's bytes may be written straight away, bypassing :meth:`send`: set only while
+        that is exactly what :meth:`send` would do (the connection open, nothing queued, the transport
+        under its high-water mark); None otherwise. Writing there may make it None (synchronously)."""
+
     @property
     def closed(self) -> bool:
         """True once the connection is closing or closed: nothing sent is delivered any more."""

@@ -71,7 +71,6 @@ class Session:
         "_receive_timer",
         "_serving",
         "_subscriptions",
-        "_tally",
         "_timers",
         "_token_timers",
         "auth",
@@ -103,8 +102,6 @@ class Session:
         # Far over the command rate, the connection is closed (4429). It counts requests, not
         # frames: one Twilsock frame may carry a batch of subscriptions.
         self._hard_limiter = RateLimiter(rate, burst=rate)
-        # Deliveries are tallied in a plain integer and counted once per event (metrics.py).
-        self._tally = metrics.tally(self.protocol_name)
 
     # -- what each protocol supplies ----------------------------------------------------------------
 
@@ -158,7 +155,9 @@ class Session:
             self.documents,
             principal,
             self.limits.max_subscriptions,
-            self._deliver,
+            self.outbox,
+            self.protocol_name,
+            self.build_event_frame,
             self._too_slow,
             self.on_revoked,
         )
@@ -292,10 +291,6 @@ class Session:
         await self.subscribe_then([ident], answer_one)
         if failure:
             raise failure[0]
-
-    def _deliver(self, event: DocumentEvent) -> None:
-        self._tally.count += 1
-        self.outbox.send(event.frame(self.protocol_name, self.build_event_frame))
 
     def _too_slow(self) -> None:
         self.outbox.close(CloseCode.TOO_SLOW, "too slow: events were not read fast enough")

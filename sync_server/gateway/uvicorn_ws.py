@@ -11,8 +11,9 @@ receive queue and events per connection besides (``bench/README.md`` has the bre
 
 The session writes through this object (it is the session's :class:`~sync_server.gateway.outbox.Outbox`):
 a pre-encoded frame goes straight into the transport, without a coroutine or a task per connection
-(see ``shared/reference/fanout-measurements.md``). What a slow reader holds is bounded at three levels,
-so that a close frame sent to it arrives soon:
+(see ``shared/reference/fanout-measurements.md``); the fan-out writes an update into
+:attr:`WebSocketConnection.direct` without even a call to ``send`` (``subscriptions.fan_out``).
+What a slow reader holds is bounded at three levels, so that a close frame sent to it arrives soon:
 
 - the kernel: the socket's send buffer is fixed at :data:`SEND_BUFFER` (Linux doubles it; left to
   autotuning it grows to several MB, all of it ahead of any close frame);
@@ -151,6 +152,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_read_paused",
         "_write_paused",
         "conn",
+        "direct",
         "keepalive_slot",
         "pong_due",
         "session",
@@ -169,6 +171,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.conn = ServerProtocol(max_size=gateway.max_size, logger=log)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.session: Session | None = None
+        self.direct: asyncio.Transport | None = None
+        """The transport while a frame may go straight into it (the outbox's fast path, outbox.py):
+        set once the session starts, cleared while writing is paused and once closing."""
         self._closed = False
         self._read_paused = False
         self._write_paused = False
@@ -221,6 +226,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self.direct = None
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -229,6 +235,8 @@ class WebSocketConnection(asyncio.Protocol):
             wire = frames.popleft()
             self._queued_bytes -= len(wire)
             self.transport.write(wire)  # may pause writing again, synchronously
+        if not self._write_paused and not self._closed and self.session is not None:
+            self.direct = self.transport
 
     # -- the session's outbox -----------------------------------------------------------------------
 
@@ -365,6 +373,8 @@ class WebSocketConnection(asyncio.Protocol):
             self.close(refused.code, refused.reason)
             return
         self.session = session
+        if not self._write_paused:
+            self.direct = self.transport
         self._gateway.keepalive.add(self)
         session.start()
 
@@ -419,6 +429,7 @@ class WebSocketConnection(asyncio.Protocol):
     def _closing(self) -> None:
         """From now on nothing is sent but control frames; the session ends."""
         self._closed = True
+        self.direct = None
         self._frames = None
         self._queued_bytes = 0
         self._gateway.keepalive.remove(self)
