@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 
 
 def decode_form(body: bytes) -> dict[str, str]:
+    """The form's fields (see the module's contract); ``UnicodeDecodeError`` for a body that is not UTF-8."""
     if not body.isascii():
         # The body itself must be UTF-8 first: decoded escapes next to a stray byte could make a
         # valid sequence out of an invalid body ("%C3" then a raw 0xA9).
