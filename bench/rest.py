@@ -193,17 +193,7 @@ def run_redis_benchmark(redis: RedisProcess, prefix: str, plan: RestPlan) -> dic
     if raw_sid is None:
         raise BenchError(f"redis-benchmark: the document {name} is missing")
     sid = raw_sid.decode()
-    script_keys = [
-        keys.service_copy(partition, service),
-        keys.names(partition, service),
-        keys.index(partition, service),
-        keys.expiry(partition),
-        keys.last_score(partition),
-        keys.alias(partition),
-        keys.outbox(partition),
-        keys.document_key(service, sid),
-        keys.permission_key(service, sid),
-    ]
+    script_keys = keys.document_script_keys(partition, service, sid)
     before = int(client.hget(keys.document_key(service, sid), "r") or 0)
     command = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(redis.port), "-c", str(plan.connections)]
     command += ["-n", str(plan.redis_requests), "--csv"]

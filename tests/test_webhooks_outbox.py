@@ -144,7 +144,7 @@ async def test_the_bound_trims_the_oldest_and_says_how_many(store: RedisStore, r
     assert source.count(b"OUTBOX_MAX, OUTBOX_TRIM_TO = 100000, 90000") == 1
     bound = b"OUTBOX_MAX, OUTBOX_TRIM_TO = "
     small = source.replace(bound + b"100000, 90000", bound + b"10, 9")
-    script_keys = store._partition_keys(partition, service, doc.sid)
+    script_keys = keys.document_script_keys(partition, service, doc.sid)
     for n in range(12):
         args = [keys.prefix(partition), service, "PUBLISH", "0", "carol", "carol", "EP3"]
         args += [doc.sid, "1", b'{"n":%d}' % n, "set", "", "", 16384]

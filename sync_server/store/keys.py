@@ -174,6 +174,23 @@ def service_key(service_sid: str) -> str:
     return f"sync:{{{service_sid}}}:svc"
 
 
+def document_script_keys(partition: int, service_sid: str, document_sid: str | None) -> list[str]:
+    """KEYS of the document scripts (the header of lua/_prelude.lua): the partition's keys, and the
+    document's too when its SID is known."""
+    found = [
+        service_copy(partition, service_sid),
+        names(partition, service_sid),
+        index(partition, service_sid),
+        expiry(partition),
+        last_score(partition),
+        alias(partition),
+        outbox(partition),
+    ]
+    if document_sid is not None:
+        found += [document_key(service_sid, document_sid), permission_key(service_sid, document_sid)]
+    return found
+
+
 def cursor(score: int, partition: int) -> int:
     """A listing cursor: unique across partitions, ordered like (score, partition)."""
     return score * PARTITIONS + partition

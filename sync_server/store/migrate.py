@@ -125,7 +125,7 @@ async def _migrate_document(store: RedisStore, service: str, sid: str, sequence:
     args += [doc.get(f, b"") for f in ("n", "d", "r", "c", "u", "x", "b")]
     args += [int(pttl) if int(pttl) > 0 else -1, score]
     args += granted  # identity, flags pairs
-    await store._run("migrate_doc", store._partition_keys(partition, service, sid), args)
+    await store._run("migrate_doc", keys.document_script_keys(partition, service, sid), args)
     if name and keys.name_partition(service, name) != partition:
         alias = keys.alias(keys.name_partition(service, name))
         await store._command(alias, "HSET", alias, f"{service}:{name}", str(partition))

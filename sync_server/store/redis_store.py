@@ -176,7 +176,7 @@ class RedisStore:
         """
         if self._scripts.connection is None:  # inline: the hot path pays one attribute read
             await self._decided()
-        script_keys = self._partition_keys(partition, service_sid, document_sid)
+        script_keys = keys.document_script_keys(partition, service_sid, document_sid)
         script_args: list[str | int | bytes] = [
             keys.prefix(partition),
             service_sid,
@@ -190,25 +190,6 @@ class RedisStore:
         if reply[0] == b"nosvc":
             raise errors.ServiceNotFound(f"Service {service_sid} not found")
         return reply
-
-    @staticmethod
-    def _partition_keys(partition: int, service_sid: str, document_sid: str | None) -> list[str]:
-        """KEYS of the document scripts: the partition's keys, the document's too when known."""
-        found = [
-            keys.service_copy(partition, service_sid),
-            keys.names(partition, service_sid),
-            keys.index(partition, service_sid),
-            keys.expiry(partition),
-            keys.last_score(partition),
-            keys.alias(partition),
-            keys.outbox(partition),
-        ]
-        if document_sid is not None:
-            found += [
-                keys.document_key(service_sid, document_sid),
-                keys.permission_key(service_sid, document_sid),
-            ]
-        return found
 
     async def _run_on(
         self,
