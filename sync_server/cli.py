@@ -112,26 +112,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "migrate", help="re-key a store of the previous layout for this version (idempotent, resumable)"
     )
     migrate.add_argument(
-        "--redis-url",
-        type=_redis_url,
-        default=env.get("SYNC_REDIS_URL") or None,
-        help="the store to migrate (env SYNC_REDIS_URL); without one, the embedded Redis of <data-dir>",
-    )
-    migrate.add_argument(
-        "--redis-server",
-        default=env.get("SYNC_REDIS_SERVER") or None,
-        help="the embedded Redis's server binary (as for serve); ignored with --redis-url",
-    )
-    migrate.add_argument(
         "--limit",
         type=_positive_int,
         default=None,
         help="stop after this many documents (run again to go on)",
     )
-    _add_data_dir(migrate, env)
+    _add_store(migrate, env)
     from sync_server import cli_webhooks
 
-    cli_webhooks.add_parser(commands, env, add_data_dir=_add_data_dir, redis_url=_redis_url)
+    cli_webhooks.add_parser(commands, env, add_store=_add_store)
     return parser
 
 
@@ -191,6 +180,23 @@ def _add_serve(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         default=env.get("SYNC_LOG_FORMAT") or "text",
         help="text lines, or one JSON object per line (env SYNC_LOG_FORMAT, default: %(default)s)",
     )
+
+
+def _add_store(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The store a maintenance command works on: ``--redis-url``, else the embedded Redis of
+    ``--data-dir`` (started with ``--redis-server`` when no server runs)."""
+    parser.add_argument(
+        "--redis-url",
+        type=_redis_url,
+        default=env.get("SYNC_REDIS_URL") or None,
+        help="the store (env SYNC_REDIS_URL); without one, the embedded Redis of <data-dir>",
+    )
+    parser.add_argument(
+        "--redis-server",
+        default=env.get("SYNC_REDIS_SERVER") or None,
+        help="the embedded Redis's binary (as for serve), when no server runs; ignored with --redis-url",
+    )
+    _add_data_dir(parser, env)
 
 
 def _add_data_dir(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:

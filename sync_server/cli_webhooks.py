@@ -28,8 +28,7 @@ def add_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     env: Mapping[str, str],
     *,
-    add_data_dir: Callable[[argparse.ArgumentParser, Mapping[str, str]], None],
-    redis_url: Callable[[str], str],
+    add_store: Callable[[argparse.ArgumentParser, Mapping[str, str]], None],
 ) -> None:
     webhooks = commands.add_parser("webhooks", help="the webhook outbox: list, replay or purge dead letters")
     what = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="COMMAND")
@@ -43,18 +42,7 @@ def add_parser(
     )
     letters.add_argument("--all", action="store_true", help="purge: every dead letter")
     letters.add_argument("--json", action="store_true", help="list: one JSON array")
-    letters.add_argument(
-        "--redis-url",
-        type=redis_url,
-        default=env.get("SYNC_REDIS_URL") or None,
-        help="the store (env SYNC_REDIS_URL); without one, the embedded Redis of <data-dir>",
-    )
-    letters.add_argument(
-        "--redis-server",
-        default=env.get("SYNC_REDIS_SERVER") or None,
-        help="the embedded Redis's binary (as for serve), when no server runs; ignored with --redis-url",
-    )
-    add_data_dir(letters, env)
+    add_store(letters, env)
 
 
 class UsageError(Exception):
