@@ -201,6 +201,11 @@ def create_app(settings: Settings | None = None) -> SyncApp:
             # Events leave by SPUBLISH on the master of their slot: the hub subscribes there too.
             hub.shard_by(store.topology)
         await hub.start()
+        # The default service exists before the first client writes (it is also made on first use,
+        # should Redis be down now): a write made while it is created on first use is repeated, and
+        # pipelined writes sent behind it would overtake it (gateway/session.py, pipelining).
+        with contextlib.suppress(errors.SyncError):
+            await store.ensure_default_service()
         sweeper = asyncio.create_task(_sweep_forever(store, settings.expiry_interval))
         if deliverer is not None:
             with contextlib.suppress(errors.SyncError):  # Redis down: the next start copies them

@@ -9,8 +9,9 @@ Contract:
   (20503); a cancelled caller gets its ``CancelledError`` and leaves nothing behind.
 - Each Redis message is decoded once into a :class:`DocumentEvent` and handed to every local
   subscriber of its channel synchronously, in Redis order (= revision order), by the hub's
-  :data:`FanOut`: by default one :meth:`Subscriber.on_event` call each (:func:`call_each`); the
-  gateway's writes an update straight into each connection (gateway/subscriptions.py). A subscriber
+  :data:`FanOut`, which gets the consecutive events of one channel that one read brought together:
+  by default one :meth:`Subscriber.on_event` call each (:func:`call_each`); the gateway's writes
+  updates straight into each connection, all of a batch in one write (gateway/subscriptions.py). A subscriber
   must never block: it writes to a bounded per-connection buffer or closes the connection (see
   gateway/outbox.py).
 - Whenever events may have been missed on a Redis node, every subscriber of that node's channels is
@@ -90,18 +91,20 @@ class Subscriber(Protocol):
         subscriber from every channel: it gets no more events, and need not unsubscribe."""
 
 
-FanOut = Callable[[DocumentEvent, Sequence[Subscriber]], None]
-"""Hands one event to each of a channel's subscribers (a snapshot: a subscriber may leave meanwhile).
-It must not block or raise, and one subscriber's failure must not keep the event from the others."""
+FanOut = Callable[[Sequence[DocumentEvent], Sequence[Subscriber]], None]
+"""Hands events of one channel, in order, to each of its subscribers (a snapshot: a subscriber may
+leave meanwhile, and then gets no more of them). It must not block or raise, and one subscriber's
+failure must not keep the events from the others."""
 
 
-def call_each(event: DocumentEvent, subscribers: Sequence[Subscriber]) -> None:
-    """The default :data:`FanOut`: :meth:`Subscriber.on_event` on each, in turn."""
-    for subscriber in subscribers:
-        try:
-            subscriber.on_event(event)
-        except Exception:
-            log.exception("subscriber failed on an event")
+def call_each(events: Sequence[DocumentEvent], subscribers: Sequence[Subscriber]) -> None:
+    """The default :data:`FanOut`: :meth:`Subscriber.on_event` on each, event by event."""
+    for event in events:
+        for subscriber in subscribers:
+            try:
+                subscriber.on_event(event)
+            except Exception:
+                log.exception("subscriber failed on an event")
 
 
 @dataclass(eq=False, slots=True)
@@ -298,19 +301,23 @@ class Hub:
             # must not stay subscribed to a channel nobody here listens to.
             node.connection.unsubscribe(key)
 
-    def on_message(self, channel: bytes, payload: bytes) -> None:
-        """An event from Redis (hub_connection.Owner): decoded once, handed to every local subscriber."""
+    def on_messages(self, channel: bytes, payloads: list[bytes]) -> None:
+        """Events from Redis (hub_connection.Owner): each decoded once, handed to every local
+        subscriber of the channel."""
         entry = self._channels.get(channel)
         if entry is None or not entry.subscribers:
             return
-        try:
-            event = decode_event(payload)
-        except (ValueError, KeyError):
-            log.error("dropped an undecodable event on %r", channel)
+        events: list[DocumentEvent] = []
+        for payload in payloads:
+            try:
+                events.append(decode_event(payload))
+            except (ValueError, KeyError):
+                log.error("dropped an undecodable event on %r", channel)
+        if not events:
             return
         # A copy: a subscriber may unsubscribe itself (e.g. on 'removed') while we iterate.
-        self._fan_out(event, tuple(entry.subscribers))
-        metrics.flush_deliveries()  # one inc(n) per protocol for this event (metrics.py)
+        self._fan_out(events, tuple(entry.subscribers))
+        metrics.flush_deliveries()  # one inc(n) per protocol for these events (metrics.py)
 
     # -- resets -----------------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ lost, and losing it is one synchronous call to its owner.
 
 What Redis sends on such a connection, and what it means here:
 
-- ``message``/``smessage`` *channel* *payload*: an event, handed to :meth:`Owner.on_message` at once;
+- ``message``/``smessage`` *channel* *payload*: an event. The events that one read brings are handed
+  to :meth:`Owner.on_messages` as they are parsed, consecutive events of one channel together (a
+  busy document's writes arrive several per read: its subscribers then get them in one write each);
 - ``subscribe``/``ssubscribe`` *channel* *n*: the confirmation of the oldest (S)SUBSCRIBE of that
   channel still unconfirmed (Redis answers each one, in order);
 - ``unsubscribe``/``sunsubscribe`` *channel* *n*: the answer to an (S)UNSUBSCRIBE sent here, or, when
@@ -41,6 +43,7 @@ log = logging.getLogger("sync_server.hub")
 
 UNAVAILABLE = "The event stream is unavailable, try again"
 
+_MESSAGES = frozenset((b"message", b"smessage"))
 _CONFIRMATIONS = frozenset((b"subscribe", b"ssubscribe"))
 _UNSUBSCRIBED = frozenset((b"unsubscribe", b"sunsubscribe"))
 
@@ -48,8 +51,8 @@ _UNSUBSCRIBED = frozenset((b"unsubscribe", b"sunsubscribe"))
 class Owner(Protocol):
     """What a :class:`PubSubConnection` tells the hub. Each is called synchronously, from the loop."""
 
-    def on_message(self, channel: bytes, payload: bytes) -> None:
-        """An event on a subscribed channel, in Redis order."""
+    def on_messages(self, channel: bytes, payloads: list[bytes]) -> None:
+        """Consecutive events of one subscribed channel from one read, in Redis order."""
 
     def on_dropped(self, connection: PubSubConnection, channels: list[bytes]) -> None:
         """Redis ended these channels' subscriptions by itself (their slots are no longer served
@@ -65,7 +68,7 @@ class PubSubConnection(asyncio.Protocol):
     def __init__(self, owner: Owner, loop: asyncio.AbstractEventLoop, *, sharded: bool) -> None:
         self._owner = owner
         # Bound once: the hot path (one call per event) pays no attribute lookup on the owner.
-        self._on_message = owner.on_message
+        self._on_messages = owner.on_messages
         self._loop = loop
         self._subscribe = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
         self._unsubscribe = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
@@ -95,15 +98,32 @@ class PubSubConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._heard = True
         self._reader.feed(data)
+        gets = self._reader.gets
+        # The run of events of one channel not handed over yet (handed over before anything else).
+        channel = b""
+        run: list[bytes] = []
         while not (self.lost or self._aborted):
             try:
-                reply = self._reader.gets()
+                reply = gets()
             except hiredis.ProtocolError:
                 self.abort("Redis sent something that is not RESP")
                 return
             if reply is False:
                 break
+            if type(reply) is list and len(reply) == 3 and reply[0] in _MESSAGES:
+                if reply[1] != channel:
+                    if run:
+                        self._on_messages(channel, run)
+                        run = []
+                    channel = reply[1]
+                run.append(reply[2])
+                continue
+            if run:
+                self._on_messages(channel, run)
+                channel, run = b"", []
             self._on_reply(reply)
+        if run and not (self.lost or self._aborted):
+            self._on_messages(channel, run)
         if self._dropped:
             # Told once per read: a failover ends every channel of the node in one burst.
             dropped, self._dropped = self._dropped, []
@@ -175,10 +195,6 @@ class PubSubConnection(asyncio.Protocol):
     def _on_reply(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3:
             kind = reply[0]
-            # ``message`` first: a standalone Redis pays one comparison per event, as before.
-            if kind == b"message" or kind == b"smessage":
-                self._on_message(reply[1], reply[2])
-                return
             if kind in _CONFIRMATIONS:
                 self._confirm(reply[1])
                 return

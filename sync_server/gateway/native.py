@@ -107,10 +107,10 @@ class NativeSession(Session):
         return out_frame(payload)
 
     def reply(self, command_id: Any, result: dict[str, Any]) -> None:
-        self.outbox.send(out_frame(encode_reply(command_id, result)))
+        self.answer(out_frame(encode_reply(command_id, result)))
 
     def reply_error(self, command_id: Any, error: errors.SyncError) -> None:
-        self.outbox.send(out_frame(encode_error(command_id, wire_code(error), error.message, error.status)))
+        self.answer(_error_frame(command_id, error))
 
     def push(self, event: Connected | SubscriptionEnded | TokenExpiring) -> None:
         self.outbox.send(out_frame(encode_event(event)))
@@ -139,11 +139,20 @@ class NativeSession(Session):
             command = decode_command(data)
         except ProtocolError as exc:
             # The protocol package has its own error type (it imports nothing from the server).
-            self.outbox.send(out_frame(encode_error(exc.command_id, exc.code, exc.message, exc.status)))
+            self.answer(out_frame(encode_error(exc.command_id, exc.code, exc.message, exc.status)))
             return
         if not rate_ok:
             self.reply_error(command.id, errors.RateLimited("Too many commands: slow down"))
             return
+        if isinstance(command, Ping):
+            self.reply(command.id, {})  # in turn, after the replies still owed
+            return
+        if isinstance(command, _PIPELINED):
+            # One document's read or write: started now, answered in turn (session.py, pipelining).
+            await self.pipeline(self._one_document(command))
+            return
+        # Everything else changes the session's own state: it waits for the commands before it.
+        await self.settle()
         try:
             await self.dispatch(command)
         except errors.SyncError as exc:
@@ -152,7 +161,39 @@ class NativeSession(Session):
             log.exception("command %s failed", type(command).__name__)
             self.reply_error(command.id, errors.SyncError("Internal server error"))
 
+    async def _one_document(self, command: Set | Update | SetTtl | Remove | Fetch) -> OutFrame:
+        """Serves a pipelined command and returns its reply; runs up to its store call unawaited."""
+        try:
+            result = await self._document_result(command)
+        except errors.SyncError as exc:
+            return _error_frame(command.id, exc)
+        except Exception:
+            log.exception("command %s failed", type(command).__name__)
+            return _error_frame(command.id, errors.SyncError("Internal server error"))
+        return out_frame(encode_reply(command.id, result))
+
+    async def _document_result(self, command: Set | Update | SetTtl | Remove | Fetch) -> dict[str, Any]:
+        who = self.principal
+        if isinstance(command, Set | Update):
+            doc = await self.documents.write(
+                who,
+                command.doc,
+                data=command.data,
+                merge=isinstance(command, Update),
+                if_match=command.if_match,
+                ttl=command.ttl,
+            )
+            return {"document": document_wire(doc)}
+        if isinstance(command, SetTtl):
+            doc = await self.documents.write(who, command.doc, data=None, ttl=command.ttl)
+            return {"document": document_wire(doc)}
+        if isinstance(command, Remove):
+            doc = await self.documents.remove(who, command.doc)
+            return {"sid": doc.sid}
+        return {"document": document_wire(await self.documents.fetch(who, command.doc))}
+
     async def dispatch(self, command: Command) -> None:
+        """Serves a command that is not pipelined (it opens, subscribes or renews the token)."""
         who = self.principal
         if isinstance(command, Open):
             doc, created = await self.documents.open(
@@ -171,28 +212,8 @@ class NativeSession(Session):
             await self.subscribe_one(command.doc, lambda snapshot: self._subscribed(command, snapshot))
         elif isinstance(command, Unsubscribe):
             self.reply(command.id, {"unsubscribed": await self.subscriptions.unsubscribe(command.doc)})
-        elif isinstance(command, Fetch):
-            self.reply(command.id, {"document": document_wire(await self.documents.fetch(who, command.doc))})
-        elif isinstance(command, Set | Update):
-            doc = await self.documents.write(
-                who,
-                command.doc,
-                data=command.data,
-                merge=isinstance(command, Update),
-                if_match=command.if_match,
-                ttl=command.ttl,
-            )
-            self.reply(command.id, {"document": document_wire(doc)})
-        elif isinstance(command, SetTtl):
-            doc = await self.documents.write(who, command.doc, data=None, ttl=command.ttl)
-            self.reply(command.id, {"document": document_wire(doc)})
-        elif isinstance(command, Remove):
-            doc = await self.documents.remove(who, command.doc)
-            self.reply(command.id, {"sid": doc.sid})
         elif isinstance(command, UpdateToken):
             self.reply(command.id, {"expires_at": self.renew_token(command.token).expires_at})
-        elif isinstance(command, Ping):
-            self.reply(command.id, {})
 
     def _subscribed(self, command: Subscribe, snapshot: Document) -> None:
         if command.revision is not None and _same_revision(command.revision, snapshot.revision_text):
@@ -201,6 +222,14 @@ class NativeSession(Session):
             )
         else:
             self.reply(command.id, {"document": document_wire(snapshot)})
+
+
+_PIPELINED = (Set, Update, SetTtl, Remove, Fetch)
+"""The commands that touch one document and no session state: pipelined."""
+
+
+def _error_frame(command_id: Any, error: errors.SyncError) -> OutFrame:
+    return out_frame(encode_error(command_id, wire_code(error), error.message, error.status))
 
 
 def document_wire(doc: Document) -> DocumentWire:

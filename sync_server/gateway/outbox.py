@@ -37,6 +37,10 @@ class Outbox(Protocol):
     def closed(self) -> bool:
         """True once the connection is closing or closed: nothing sent is delivered any more."""
 
+    def pending_bytes(self) -> int:
+        """What was written and is not yet handed to the kernel: the bytes that count against the
+        connection's bound (``max_buffered_bytes``)."""
+
     def send(self, frame: OutFrame) -> None:
         """Writes ``frame`` for the client; closes the connection (4508) if too much is waiting."""
 

@@ -13,6 +13,13 @@ at a time, in order, by a task that exists only while a frame is waiting or bein
 the client is paused meanwhile), and the cleanup runs in a task only when it has subscriptions to
 release.
 
+Pipelining: an adapter may start a command that reads or writes one document without waiting for
+the commands before it to finish (:meth:`Session.pipeline`), up to :data:`MAX_PIPELINED` at once per
+connection. Each pipelined command is started in arrival order and runs synchronously up to its
+store call, so the store sends them to Redis in arrival order (``DocumentService``'s contract) and one
+connection's writes apply in the order it sent them; their replies are written in arrival order too.
+Any other command waits until every pipelined one before it has finished (:meth:`Session.settle`).
+
 Ordering rule for subscriptions: events of a new subscription are held until the client has its
 subscribe answer. :meth:`Session.subscribe_then` enforces it: it subscribes, then calls the
 adapter's synchronous ``answer`` (which writes the reply), then releases the held events, with no
@@ -27,8 +34,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from protocol import CloseCode, RateLimiter
 from sync_server import errors, metrics
@@ -49,7 +56,22 @@ log = logging.getLogger(__name__)
 TOKEN_WARNING_SECONDS = 180
 """How long before its token expires a client is warned (Twilio's ``tokenAboutToExpire`` lead)."""
 
+MAX_PIPELINED = 32
+"""Commands of one connection in flight at once (:meth:`Session.pipeline`); past it, reading pauses."""
+REPLY_BYTES = 20 * 1024
+"""The most a pipelined command's reply takes (a 16 KiB document and its fields). Replies that come
+back together must fit in the connection's outgoing buffer, so fewer run at once when it is small."""
+
 SubscribeResult = Document | errors.SyncError
+
+
+class _Reply:
+    """A pipelined command's place in the reply order: its frame once it has one."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self) -> None:
+        self.frame: OutFrame | None = None
 
 
 def new_endpoint_id() -> str:
@@ -67,12 +89,15 @@ class Session:
         "_ended",
         "_hard_limiter",
         "_hub",
+        "_in_flight",
         "_inbox",
         "_receive_timer",
+        "_replies",
         "_serving",
         "_subscriptions",
         "_timers",
         "_token_timers",
+        "_waiter",
         "auth",
         "authenticator",
         "documents",
@@ -98,6 +123,11 @@ class Session:
         self._inbox: collections.deque[str | bytes] | None = None
         self._serving = False
         self._ended = False
+        # Pipelined commands: how many run, the replies still owed in arrival order, and the future
+        # that settle() or a full pipeline waits on (made only when one waits).
+        self._in_flight = 0
+        self._replies: collections.deque[_Reply] | None = None
+        self._waiter: asyncio.Future[None] | None = None
         rate = limits.max_commands_per_second * 2
         # Far over the command rate, the connection is closed (4429). It counts requests, not
         # frames: one Twilsock frame may carry a batch of subscriptions.
@@ -224,6 +254,71 @@ class Session:
             elif not self.outbox.closed:
                 self.outbox.resume_reading()
                 self._await_frame()
+
+    # -- pipelined commands -------------------------------------------------------------------------
+
+    async def pipeline(self, work: Coroutine[Any, Any, OutFrame]) -> None:
+        """Starts ``work`` (one command: it answers bad input and failures with an error frame, never
+        raises) without waiting for it to finish; its frame is written after the replies owed to the
+        commands before it. Returns at once, or once fewer are in flight than the room left in the
+        connection's outgoing buffer takes replies for (:data:`MAX_PIPELINED` at most; one at a time
+        while a client that is behind on reading leaves no room).
+
+        ``work`` must reach its store call without awaiting anything else first: that is what keeps
+        one connection's commands reaching Redis in the order they arrived."""
+        while self._in_flight and not self._room_for_one_more():
+            await self._wait()
+        if self._replies is None:
+            self._replies = collections.deque()
+        slot = _Reply()
+        self._replies.append(slot)
+        self._in_flight += 1
+        self.outbox.start_task(self._complete(work, slot))
+
+    def _room_for_one_more(self) -> bool:
+        # The replies of all in flight, and this one, must fit beside what already waits to be sent.
+        in_flight = self._in_flight
+        room = self.limits.max_buffered_bytes - self.outbox.pending_bytes()
+        return in_flight < MAX_PIPELINED and (in_flight + 1) * REPLY_BYTES <= room
+
+    def answer(self, frame: OutFrame) -> None:
+        """Writes a reply in arrival order: after those owed to pipelined commands still running."""
+        replies = self._replies
+        if replies:
+            slot = _Reply()
+            slot.frame = frame
+            replies.append(slot)
+        else:
+            self.outbox.send(frame)
+
+    async def settle(self) -> None:
+        """Returns once every pipelined command has finished and its reply is written."""
+        while self._in_flight:
+            await self._wait()
+
+    async def _complete(self, work: Coroutine[Any, Any, OutFrame], slot: _Reply) -> None:
+        try:
+            slot.frame = await work
+        finally:
+            self._in_flight -= 1
+            replies = self._replies
+            assert replies is not None
+            if slot.frame is None:  # cancelled (the server stopping): its turn passes
+                replies.remove(slot)
+            while replies and replies[0].frame is not None:
+                frame = replies.popleft().frame
+                assert frame is not None
+                self.outbox.send(frame)
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
 
     def _await_frame(self) -> None:
         timeout = self.receive_timeout()

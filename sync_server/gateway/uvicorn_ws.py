@@ -244,6 +244,9 @@ class WebSocketConnection(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    def pending_bytes(self) -> int:
+        return self._queued_bytes + int(self.transport.get_write_buffer_size())
+
     def send(self, frame: OutFrame) -> None:
         if self._closed:
             return
@@ -256,7 +259,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._queued_bytes += len(frame.wire)
         session = self.session
         limit = session.limits.max_buffered_bytes if session is not None else 0
-        if self._queued_bytes + self.transport.get_write_buffer_size() > limit:
+        if self.pending_bytes() > limit:
             self.close(CloseCode.TOO_SLOW, "too slow: events were not read fast enough")
 
     def close(self, code: int, reason: str = "") -> None:

@@ -99,12 +99,14 @@ class ClusterRouter:
         timeout: float | None = DEFAULT_TIMEOUT,
         retry_deadline: float = RETRY_DEADLINE,
         seed: MultiplexedRedis | None = None,
+        preload: tuple[str | bytes, ...] = (),
     ) -> None:
         """``params`` as for :class:`MultiplexedRedis`, of any node of the cluster (the others are found
         with ``CLUSTER SLOTS`` and reached with the same credentials and TLS options); ``seed``, an open
         connection to that node, is kept rather than opening a second one."""
         self._base = {k: v for k, v in params.items() if k not in ("host", "port", "path", "db")}
         self._timeout = timeout
+        self._preload = preload
         self._retry_deadline = retry_deadline
         self._startup: Address = (str(params.get("host", "localhost")), int(params.get("port", 6379)))
         self._connections: dict[Address, MultiplexedRedis] = {}
@@ -233,7 +235,9 @@ class ClusterRouter:
         connection = self._connections.get(address)
         if connection is None:
             params = self.node_params(address)
-            connection = self._connections[address] = MultiplexedRedis(params, timeout=self._timeout)
+            connection = self._connections[address] = MultiplexedRedis(
+                params, timeout=self._timeout, preload=self._preload
+            )
         return connection
 
     def refresh(self) -> asyncio.Future[None]:
@@ -313,13 +317,15 @@ async def connect_store(
     *,
     command_timeout: float | None = DEFAULT_TIMEOUT,
     retry_deadline: float = RETRY_DEADLINE,
+    preload: tuple[str | bytes, ...] = (),
 ) -> MultiplexedRedis | ClusterRouter:
     """The scripts' connection to ``target`` (a URL, or :class:`MultiplexedRedis` params): a
     :class:`ClusterRouter` with its slot map read when ``target`` is a node of a cluster, else a plain
     :class:`MultiplexedRedis`; ``command_timeout`` is each command's (see multiplex.py). Raises
-    ``CannotConnectError`` (and keeps nothing open) if ``target`` cannot be reached."""
+    ``CannotConnectError`` (and keeps nothing open) if ``target`` cannot be reached. Every node's
+    connection loads the ``preload`` scripts before anything else (see :class:`MultiplexedRedis`)."""
     params = params_from_url(target) if isinstance(target, str) else dict(target)
-    node = MultiplexedRedis(params, timeout=command_timeout)
+    node = MultiplexedRedis(params, timeout=command_timeout, preload=preload)
     try:
         clustered = await is_cluster(node)
     except BaseException:
@@ -327,7 +333,9 @@ async def connect_store(
         raise
     if not clustered:
         return node
-    router = ClusterRouter(params, timeout=command_timeout, retry_deadline=retry_deadline, seed=node)
+    router = ClusterRouter(
+        params, timeout=command_timeout, retry_deadline=retry_deadline, seed=node, preload=preload
+    )
     try:
         await router.refresh()
     except BaseException:

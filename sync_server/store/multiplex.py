@@ -225,13 +225,23 @@ class _RespProtocol(asyncio.Protocol):
 
 
 class MultiplexedRedis:
-    def __init__(self, params: dict[str, Any], *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        preload: tuple[str | bytes, ...] = (),
+    ) -> None:
         """``params`` are redis-py connection keywords: ``host``/``port`` or ``path``, ``db``,
         ``username``, ``password`` (as ``parse_url`` or a pool's ``connection_kwargs`` give them; see
         :func:`params_from_url`), plus ``ssl`` and the ``ssl_*`` options of :func:`ssl_context`.
-        ``timeout``: seconds each command may wait for its reply (None: no limit)."""
+        ``timeout``: seconds each command may wait for its reply (None: no limit). ``preload``: Lua
+        scripts loaded (``SCRIPT LOAD``) by every connection before any caller's command goes out,
+        so that EVALSHA finds them after a restart too (a NOSCRIPT retry would let the commands
+        behind it overtake: see store/scripts.py)."""
         self._params = params
         self._timeout = timeout
+        self._preload = preload
         self._ssl = ssl_context(params)
         self._protocol: _RespProtocol | None = None
         self._connecting: asyncio.Lock | None = None
@@ -311,6 +321,9 @@ class MultiplexedRedis:
                     await protocol.send(pack_command(auth))
                 if params.get("db"):
                     await protocol.send(pack_command(("SELECT", int(params["db"]))))
+                if self._preload:
+                    loads = [pack_command(("SCRIPT", "LOAD", source)) for source in self._preload]
+                    await asyncio.gather(*map(protocol.send, loads))
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 # Nothing of the caller's was sent yet: for the caller, this connection never was.
                 self._counters.connect_failures.inc()

@@ -49,8 +49,13 @@ class ScriptRunner:
     Which of the two is decided on the first call (``INFO cluster``), so that constructing the store
     needs no round trip and a server started while Redis is down still comes up.
 
-    A Redis that lost its script cache (restart, SCRIPT FLUSH, failover) answers NOSCRIPT; the call
-    is then repeated once as EVAL, which also re-caches the script.
+    Every connection loads all the scripts before its first call (``preload``, multiplex.py), so
+    EVALSHA finds them on a Redis that restarted or a replica promoted in a failover (each means a
+    new connection). That is also what keeps the calls one task chain makes, one after another
+    without waiting, applied in that order (the websocket gateway's pipelining relies on it): were
+    the first answered NOSCRIPT and repeated, the ones sent behind it would have run before it. Only
+    a SCRIPT FLUSH on a live connection still gets NOSCRIPT; the call is then repeated once as
+    EVAL, which also re-caches the script.
     """
 
     def __init__(self, redis: Redis, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
@@ -91,7 +96,10 @@ class ScriptRunner:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._connection is None:
-                self._connection = await connect_store(self._params, command_timeout=self._timeout)
+                preload = tuple(script.source for script in self._scripts.values())
+                self._connection = await connect_store(
+                    self._params, command_timeout=self._timeout, preload=preload
+                )
             return self._connection
 
     async def aclose(self) -> None:
