@@ -256,9 +256,6 @@ def fan_out(events: Sequence[DocumentEvent], subscribers: Sequence[Subscriber]) 
     of subscriber take :meth:`Subscriptions.on_event`. One subscriber's failure is logged and does
     not keep the events from the others.
     """
-    if len(events) == 1:
-        _fan_out_one(events[0], subscribers)
-        return
     previous = -1
     for event in events:
         # A batch of updates in rising revisions (the store's order for one document); anything
@@ -328,41 +325,7 @@ def _chunks(frames: list[OutFrame]) -> list[tuple[bytes, list[OutFrame]]]:
 
 
 def _fan_out_one(event: DocumentEvent, subscribers: Sequence[Subscriber]) -> None:
-    if event.kind != "updated":
+    if event.kind == "updated":
+        _fan_out_updates((event,), subscribers)
+    else:
         call_each((event,), subscribers)
-        return
-    revision = event.revision
-    assert revision is not None
-    sid = event.sid
-    protocol: str | None = None
-    frame: OutFrame | None = None
-    wire = b""
-    for subscriber in subscribers:
-        try:
-            if type(subscriber) is not Subscriptions:
-                subscriber.on_event(event)
-                continue
-            sub = subscriber._by_sid.get(sid)
-            if sub is None:
-                continue
-            if sub.pending is not None:
-                subscriber.on_event(event)
-                continue
-            if revision <= sub.revision:
-                continue
-            sub.revision = revision
-            subscriber._tally.count += 1
-            if subscriber._protocol is not protocol:
-                # Subscribers of one protocol share the frame: looked up again only on a change.
-                protocol = subscriber._protocol
-                frame = event.frame(protocol, subscriber._build)
-                wire = frame.wire
-            outbox = subscriber._outbox
-            direct = outbox.direct
-            if direct is not None:
-                direct.write(wire)
-            else:
-                assert frame is not None
-                outbox.send(frame)
-        except Exception:
-            log.exception("subscriber failed on an event")
