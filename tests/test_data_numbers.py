@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from protocol.codec import decode_command, has_long_digit_run
 from sync_server.validation import parse_data
 
 CASES = [
@@ -41,3 +42,19 @@ def test_numbers_keep_the_value_the_stdlib_reads(text: str) -> None:
 def test_a_twenty_digit_integer_keeps_its_digits_byte_for_byte() -> None:
     assert parse_data('{"n": 18446744073709551616}') == b'{"n":18446744073709551616}'
     assert parse_data(b'{"n": 99999999999999999999999}') == b'{"n":99999999999999999999999}'
+
+
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_the_run_check_counts_ascii_digits_in_a_row(kind: type) -> None:
+    def run(text: str) -> bool:
+        return has_long_digit_run(text if kind is str else text.encode())
+
+    assert not run("1" * 18) and run("1" * 19) and run("x" + "0" * 25 + "x")
+    assert not run("123456789-123456789.123456789e123456789")  # long, but never 19 in a row
+    assert not run("١٢٣٤٥٦٧٨٩٠١٢٣٤٥٦٧٨٩٠")  # non-ASCII digits are no JSON digits
+    assert not run("") and not run("\ud800" * 30 if kind is str else "")
+
+
+def test_websocket_frames_keep_long_integers_exact() -> None:
+    command = decode_command('{"id":1,"op":"set","doc":"d","data":{"n":18446744073709551616}}')
+    assert command.data == {"n": 18446744073709551616}  # type: ignore[union-attr]
