@@ -134,12 +134,19 @@ class RestApi:
             request=request,
             documents=self.documents,
             params=params,
-            query=dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)),
+            query=_query(request.scope["query_string"]),
             base=base_url(request, self.config.public_url),
             account_sid=self.config.account_sid,
             max_body_bytes=self.config.max_body_bytes,
         )
         return await methods[method](context)
+
+
+def _query(raw: bytes) -> dict[str, str]:
+    """The query string's parameters (last value wins); most requests have none."""
+    if not raw:
+        return {}
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
 
 
 def _template(scope: Scope) -> str | None:

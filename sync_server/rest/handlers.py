@@ -28,8 +28,10 @@ from sync_server.rest.responses import json_response
 from sync_server.validation import parse_ttl, whole_number
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init sets each field through object.__setattr__
 class Context:
+    """One request's inputs for a handler (built once per request, never changed)."""
+
     request: Request
     documents: DocumentService
     params: list[str]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from sync_server import errors
 from sync_server.rest.forms import decode_form
@@ -25,14 +25,7 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
     is_form = request.headers.get("content-type", "").partition(";")[0].strip().lower() == FORM
     if not is_form and declared not in (None, "0"):
         raise _not_a_form()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await _read_body(request, limit)
     if not body:
         return {}
     if not is_form:
@@ -43,6 +36,26 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
         return decode_form(body)
     except UnicodeDecodeError:
         raise errors.ValidationError("The request body is not valid UTF-8") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 once over ``limit`` bytes; ``ClientDisconnect`` when the
+    client goes away first. Read from ASGI ``receive`` directly rather than ``request.stream()``: an
+    async generator costs a registration with the event loop per request (2 % of a REST write). The
+    form is read once per request, so nothing needs Starlette's cached ``request.body()``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _not_a_form() -> errors.UnsupportedMediaType:
