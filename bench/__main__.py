@@ -72,7 +72,7 @@ FULL = Plan(
     scale=ScalePlan(),
 )
 SMOKE = Plan(
-    rest=RestPlan(seconds=1, connections=8, documents=50, workers=(1,), redis_requests=2000),
+    rest=RestPlan(seconds=1, connections=8, documents=50, workers=(1,), redis_requests=2000, rounds=1),
     fanout=FanoutPlan(closed_deliveries=1000, rate_seconds=0.5),
     fanout_sizes=(20,),
     idle_sizes=(50,),

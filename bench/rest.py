@@ -2,7 +2,8 @@
 
 - the sync server, ``--workers 1`` and ``2``: unconditional writes over 1000 documents, If-Match
   writes over 1000 fresh documents, and unconditional writes to one hot document;
-- the bare Starlette endpoint (``baselines/bare_starlette.py``), same workers: the HTTP layer's ceiling;
+- the bare Starlette endpoint (``baselines/bare_starlette.py``), same workers: the HTTP layer's ceiling,
+  running beside the server, their runs alternating (see :func:`run_workers`);
 - ``redis-benchmark`` running the server's own ``doc_write`` script by EVALSHA with the same
   arguments a REST write passes: the store's ceiling.
 
@@ -16,6 +17,7 @@ import http.client
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,8 @@ class RestPlan:
     documents: int = 1000
     workers: tuple[int, ...] = (1, 2)
     redis_requests: int = 300_000
+    rounds: int = 2
+    """Rounds of the unconditional and hot-document runs, alternating with the bare endpoint's."""
 
 
 def document_data() -> bytes:
@@ -145,32 +149,45 @@ def load(
     }
 
 
-def run_server(redis: RedisProcess, workers: int, plan: RestPlan, workdir: Path) -> dict[str, Any]:
+def _mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure per mode from its rounds: the means, and each round's writes/s kept beside them."""
+    first = runs[0]
+    merged = {**first, "rounds": [run["writes_per_s"] for run in runs]}
+    for field in ("writes_per_s", "p50_ms", "p99_ms", "max_ms"):
+        merged[field] = round(statistics.mean(run[field] for run in runs), 3)
+    merged["writes_per_s"] = round(merged["writes_per_s"])
+    merged["requests"] = sum(run["requests"] for run in runs)
+    merged["starved"] = sum(run["starved"] for run in runs)
+    return merged
+
+
+def run_workers(
+    redis: RedisProcess, workers: int, plan: RestPlan, workdir: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sync server and the bare endpoint with ``workers`` each, both running throughout, their
+    load runs alternating (server, bare, server's hot document; ``plan.rounds`` times, then If-Match
+    once): whatever else the machine does meanwhile falls on both alike, where runs one after the
+    other a minute apart gave ratios that moved by a fifth from one invocation to the next."""
     server = procs.SyncServer(workdir / f"rest-w{workers}", redis.url, workers=workers).start()
+    bare = procs.bare_starlette(workdir / f"bare-w{workers}", workers).start()
     try:
         # One fresh set of documents per run: If-Match runs start from the known revision 0.
         create_documents(server.port, f"u{workers}x", plan.documents)
         create_documents(server.port, f"c{workers}x", plan.documents)
         create_documents(server.port, f"h{workers}x", 1)
-        results = [
-            load(server.port, "set", f"u{workers}x", plan.documents, plan, workdir),
-            load(server.port, "ifmatch", f"c{workers}x", plan.documents, plan, workdir),
-            {**load(server.port, "set", f"h{workers}x", 1, plan, workdir), "mode": "hot"},
-        ]
+        # The creates warm the server up; a short run does the same for the bare endpoint.
+        load(bare.port, "set", "b", plan.documents, RestPlan(seconds=min(2.0, plan.seconds)), workdir)
+        found: dict[str, list[dict[str, Any]]] = {"set": [], "bare": [], "hot": []}
+        for _ in range(plan.rounds):
+            found["set"].append(load(server.port, "set", f"u{workers}x", plan.documents, plan, workdir))
+            found["bare"].append(load(bare.port, "set", "b", plan.documents, plan, workdir))
+            found["hot"].append({**load(server.port, "set", f"h{workers}x", 1, plan, workdir), "mode": "hot"})
+        ifmatch = load(server.port, "ifmatch", f"c{workers}x", plan.documents, plan, workdir)
     finally:
         server.stop()
-    return {"workers": workers, "runs": results}
-
-
-def run_bare(workers: int, plan: RestPlan, workdir: Path) -> dict[str, Any]:
-    bare = procs.bare_starlette(workdir / f"bare-w{workers}", workers).start()
-    try:
-        # Two load runs per worker count: the first warms up, as the server's create calls do.
-        load(bare.port, "set", "b", plan.documents, RestPlan(seconds=min(2.0, plan.seconds)), workdir)
-        result = load(bare.port, "set", "b", plan.documents, plan, workdir)
-    finally:
         bare.stop()
-    return {"workers": workers, **result}
+    runs = [_mean_of(found["set"]), ifmatch, _mean_of(found["hot"])]
+    return {"workers": workers, "runs": runs}, {"workers": workers, **_mean_of(found["bare"])}
 
 
 def run_redis_benchmark(redis: RedisProcess, prefix: str, plan: RestPlan) -> dict[str, Any]:
@@ -218,8 +235,9 @@ def run_redis_benchmark(redis: RedisProcess, prefix: str, plan: RestPlan) -> dic
 
 def run_rest(redis: RedisProcess, plan: RestPlan, workdir: Path) -> dict[str, Any]:
     write_body(workdir)
-    servers = [run_server(redis, workers, plan, workdir) for workers in plan.workers]
-    bare = [run_bare(workers, plan, workdir) for workers in plan.workers]
+    pairs = [run_workers(redis, workers, plan, workdir) for workers in plan.workers]
+    servers = [server for server, _ in pairs]
+    bare = [bare for _, bare in pairs]
     store = run_redis_benchmark(redis, f"u{plan.workers[0]}x", plan)
     return {
         "generator": generator(),
