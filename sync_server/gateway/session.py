@@ -93,6 +93,7 @@ class Session:
         "_inbox",
         "_receive_timer",
         "_replies",
+        "_send_scheduled",
         "_serving",
         "_subscriptions",
         "_timers",
@@ -127,6 +128,7 @@ class Session:
         # that settle() or a full pipeline waits on (made only when one waits).
         self._in_flight = 0
         self._replies: collections.deque[_Reply] | None = None
+        self._send_scheduled = False
         self._waiter: asyncio.Future[None] | None = None
         rate = limits.max_commands_per_second * 2
         # Far over the command rate, the connection is closed (4429). It counts requests, not
@@ -282,12 +284,14 @@ class Session:
         return in_flight < MAX_PIPELINED and (in_flight + 1) * REPLY_BYTES <= room
 
     def answer(self, frame: OutFrame) -> None:
-        """Writes a reply in arrival order: after those owed to pipelined commands still running."""
+        """Writes a reply in arrival order: after those owed to pipelined commands still running.
+        Written before this returns when none is still running (so nothing sent next overtakes it)."""
         replies = self._replies
         if replies:
             slot = _Reply()
             slot.frame = frame
             replies.append(slot)
+            self._send_ready()
         else:
             self.outbox.send(frame)
 
@@ -295,6 +299,7 @@ class Session:
         """Returns once every pipelined command has finished and its reply is written."""
         while self._in_flight:
             await self._wait()
+        self._send_ready()
 
     async def _complete(self, work: Coroutine[Any, Any, OutFrame], slot: _Reply) -> None:
         try:
@@ -305,15 +310,39 @@ class Session:
             assert replies is not None
             if slot.frame is None:  # cancelled (the server stopping): its turn passes
                 replies.remove(slot)
-            while replies and replies[0].frame is not None:
-                frame = replies.popleft().frame
-                assert frame is not None
-                self.outbox.send(frame)
+            # Written a moment later, in one callback for all the replies that are ready by then:
+            # the replies of one Redis read finish in one loop iteration, and a write per reply was
+            # one send() each (a fifth of a pipelining writer's CPU).
+            if not self._send_scheduled:
+                self._send_scheduled = True
+                asyncio.get_running_loop().call_soon(self._send_ready)
             waiter = self._waiter
             if waiter is not None:
                 self._waiter = None
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _send_ready(self) -> None:
+        """Writes the replies whose turn has come, in order; several as one write where the outbox
+        allows it (their size is bounded by :meth:`_room_for_one_more`, as when written one by one)."""
+        self._send_scheduled = False
+        replies = self._replies
+        if not replies:
+            return
+        ready: list[OutFrame] = []
+        while replies and replies[0].frame is not None:
+            frame = replies.popleft().frame
+            assert frame is not None
+            ready.append(frame)
+        if not replies:
+            self._replies = None  # a connection that pipelined once keeps no empty deque
+        outbox = self.outbox
+        direct = outbox.direct
+        if direct is not None and len(ready) > 1:
+            direct.write(b"".join([frame.wire for frame in ready]))
+            return
+        for frame in ready:
+            outbox.send(frame)
 
     async def _wait(self) -> None:
         if self._waiter is None:
