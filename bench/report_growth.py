@@ -81,7 +81,11 @@ def _manydocs_section(run: dict[str, Any]) -> list[str]:
         f"{_cpu_per_s(run, 'subscribed')} with everyone subscribed. The write path (writes only, "
         f"background out): {_fmt(_ms(write_path(run)), 3)} ms per write. Without both: "
         f"{_fmt(delivery_side(run, 'many closed'))} ms per 1k deliveries for many documents, "
-        f"{_fmt(delivery_side(run, 'hot closed'))} for the hot one. Fleet: {run['fleet_processes']} "
+        f"{_fmt(delivery_side(run, 'hot closed'))} for the hot one, "
+        f"{_fmt(delivery_side(run, 'hot 20/s'))} for the hot one at 20/s (one event per write to each "
+        "connection, as every many-documents delivery is): "
+        f"{_x(_ratio(delivery_side(run, 'many closed'), delivery_side(run, 'hot 20/s')))} that. "
+        f"Fleet: {run['fleet_processes']} "
         "Node processes (subscribers in shards: one process may not hold ~21,000 connections).",
         "",
     ]
