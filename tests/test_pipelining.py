@@ -6,7 +6,8 @@ one connection's writes reach Redis, and apply, in the order sent; replies still
 order, and a command that changes the session (subscribe, open…) waits for the ones before it.
 The events that one pub/sub read brings for a document go to each subscriber as one write
 (subscriptions.fan_out): checked here in-process against a real Redis, store and hub, with an
-outbox that records each write.
+outbox that records each write. So do the replies that become ready together: one write, in
+command order (Session._send_ready), checked in-process with commands whose work waits on a gate.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from sync_server.config import Limits
 from sync_server.documents import DocumentService
 from sync_server.events import DocumentEvent, decode_event
-from sync_server.gateway.frames import OutFrame
+from sync_server.gateway.frames import OutFrame, out_frame
 from sync_server.gateway.native import NativeSession
+from sync_server.gateway.session import Session
 from sync_server.gateway.subscriptions import BATCH_WRITE_BYTES, Subscriptions, _Subscription, fan_out
 from sync_server.hub import Hub
 from sync_server.principal import Principal
@@ -354,3 +358,66 @@ async def test_writes_that_reach_redis_together_reach_a_subscriber_in_one_write(
     await eventually(lambda: sum(len(revisions_of(w)) for w in outbox.writes) >= 5)
     assert [revisions_of(w) for w in outbox.writes] == [[1, 2, 3, 4, 5]]
     await subs.close()
+
+
+# -- replies that are ready together, in-process --------------------------------------------------
+
+
+class TaskRecording(Recording):
+    """A recording outbox whose tasks run on the loop, as the connection's do."""
+
+    def start_task(self, work: Any) -> None:
+        asyncio.get_running_loop().create_task(work)
+
+
+def reply_frame(n: int) -> OutFrame:
+    return out_frame(b'{"id":%d,"ok":true}' % n)
+
+
+class Gated:
+    """A pipelined command's work: its reply, once its gate opens."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.gate = asyncio.Event()
+
+    async def work(self) -> OutFrame:
+        await self.gate.wait()
+        return reply_frame(self.n)
+
+
+def bare_session(outbox: Recording) -> Session:
+    endpoint = SimpleNamespace(limits=Limits(), documents=None, authenticator=None, hub=None)
+    return Session(outbox, endpoint)  # type: ignore[arg-type]
+
+
+async def test_replies_ready_together_are_one_write_in_command_order() -> None:
+    outbox = TaskRecording()
+    session = bare_session(outbox)
+    commands = [Gated(n) for n in range(5)]
+    for command in commands:
+        await session.pipeline(command.work())
+    commands[0].gate.set()
+    await asyncio.sleep(0.01)
+    # The first alone: written as soon as it is ready (one frame goes through send).
+    assert outbox.sent == [reply_frame(0)] and outbox.writes == []
+    for command in reversed(commands[1:]):  # finishing out of order changes nothing
+        command.gate.set()
+    await session.settle()
+    assert outbox.writes == [b"".join(reply_frame(n).wire for n in range(1, 5))]
+    assert session._replies is None  # nothing kept once every reply is out
+
+
+async def test_a_reply_answered_behind_pipelined_ones_keeps_its_turn() -> None:
+    outbox = TaskRecording()
+    session = bare_session(outbox)
+    command = Gated(0)
+    await session.pipeline(command.work())
+    session.answer(reply_frame(1))  # a ping's pong, say: after the write still running
+    assert outbox.sent == [] and outbox.writes == []
+    command.gate.set()
+    await session.settle()
+    assert outbox.writes == [reply_frame(0).wire + reply_frame(1).wire]
+    # With nothing in flight, an answer is written before answer() returns.
+    session.answer(reply_frame(2))
+    assert outbox.sent == [reply_frame(2)]
