@@ -1,4 +1,4 @@
--- Reads the next live documents of one service in one or more partitions, in creation order, for
+-- Finds the next live documents of one service in one or more partitions, in creation order, for
 -- the store's merge over all partitions (RedisStore.list_documents). On a cluster the store passes
 -- one partition per call (one slot); on standalone Redis all of them in one call.
 -- KEYS[2i-1]  partition i's copy of the service   sync:{T}:s:S
@@ -8,10 +8,9 @@
 -- ARGV[3]  'after' for the documents created after the bound, 'before' for those created before it
 -- ARGV[3i+1], ARGV[3i+2], ARGV[3i+3]  partition i's key prefix (sync:{T}:), its bound (a score,
 --          '(' and a score to exclude it, or '' for the start) and how many to return at most
--- Returns  {'ok', then per partition: count, then per document: sid, score, n, d, r, c, u, x, b}
---          | {'nosvc'}
--- The documents come with their index entries, so that a page costs one round (two with the
--- store's refill) rather than one more to fetch them; the store asks at most a few per partition.
+-- Returns  {'ok', then per partition: count, then per document: sid, score} | {'nosvc'}
+-- Index entries only: a page of 50 looks at ~5 entries in each of 64 partitions, and the store then
+-- reads the documents of the page alone (doc_pick.lua), 50 rather than all 320.
 -- Entries whose document hash is gone (expired, not swept yet) are skipped; the document keys are
 -- derived from the partition's prefix (its own tag: see the prelude). The work is O(count) plus
 -- the skipped entries, per partition.
@@ -37,12 +36,11 @@ for part = 1, #KEYS / 2 do
       -- Scores are whole numbers below 2^53: tonumber and %d are exact.
       local score = int_text(tonumber(batch[i + 1]))
       bound = '(' .. score
-      local v = redis.call('HMGET', prefix .. 'd:' .. svc .. ':' .. batch[i], unpack(DOC_FIELDS))
-      if v[3] then
+      -- Live: the hash has its revision (what doc_fetch and read_doc rely on as well).
+      if redis.call('HEXISTS', prefix .. 'd:' .. svc .. ':' .. batch[i], 'r') == 1 then
         found = found + 1
         local base = #out
         out[base + 1], out[base + 2] = batch[i], score
-        for j = 1, 7 do out[base + 2 + j] = v[j] end
       end
     end
   end
