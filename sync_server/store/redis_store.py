@@ -419,7 +419,7 @@ class RedisStore:
             for n, sid in enumerate(members):
                 fields = reply[7 * n : 7 * n + 7]
                 if fields[2] is not None:
-                    found[sid] = Document.from_reply(service_sid, [sid, *fields])
+                    found[sid] = Document.from_reply(service_sid, [sid.encode(), *fields])
         return [found[sid] for sid in sids if sid in found]
 
     @staticmethod
