@@ -35,12 +35,14 @@ local expiry, dead, outbox
 local function remove(member)
   local svc, sid, name = split_member(member)
   -- Redis may or may not have evicted the hash yet; either way the document is gone for readers.
-  local revision = redis.call('HGET', doc_key(svc, sid), 'r')
+  -- No revision, whatever the hash still holds: the event's contract (protocol/README.md) is null
+  -- after an expiry, and reading it gave a revision now and then (TIME already in the due second
+  -- while Redis, whose clock for expiry is the script's start, still showed the key).
   purge(svc, PREFIX .. 'n:' .. svc, PREFIX .. 'i:' .. svc, expiry, sid, name)
-  publish_removed(svc, sid, name, revision, 'expired')
+  publish_removed(svc, sid, name, nil, 'expired')
   local url = webhook_url(PREFIX .. 's:' .. svc, '', true)
   if url then
-    outbox_append(outbox, url, 'document_removed', svc, sid, name, tonumber(revision), nil, 'system', '')
+    outbox_append(outbox, url, 'document_removed', svc, sid, name, nil, nil, 'system', '')
   end
   removed = removed + 1
 end
