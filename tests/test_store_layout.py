@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -108,3 +109,30 @@ async def _delete_and_purge(store: RedisStore, redis: Redis) -> None:
     await pubsub.aclose()
     assert sorted(removed) == sorted(d.sid for d in docs)
     assert await redis.keys(f"*{service}*") == []
+
+
+async def test_a_document_deleted_while_its_page_is_read_is_left_out_and_the_walk_goes_on(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page is read in two steps (index entries, then the page's documents): a document deleted
+    in between is missing from its page, and every other one is still listed exactly once."""
+    service = (await store.create_service({})).sid
+    who = Principal.system(service)
+    sids = [(await store.create_document(who, f"d{n:03d}", b'{"n":%d}' % n, 0)).sid for n in range(120)]
+    victim = sids[10]
+    original = store._list_round
+    deleted = False
+
+    async def then_delete(*args: Any, **kwargs: Any) -> Any:
+        nonlocal deleted
+        found = await original(*args, **kwargs)
+        if not deleted:
+            deleted = True
+            await store.delete_document(who, victim)
+        return found
+
+    monkeypatch.setattr(store, "_list_round", then_delete)
+    seen = await walk(store, service, 50)
+    assert deleted and victim not in seen
+    assert sorted(seen) == sorted(sid for sid in sids if sid != victim)
+    assert len(seen) == len(set(seen))
